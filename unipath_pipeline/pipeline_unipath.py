@@ -1,0 +1,462 @@
+"""UniPath: H&E pathology image generation conditioned on raw text, diagnostic semantic tokens and prototypes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+
+from .conditioning import STREAMS, UniPathConditioning, check_stream_names
+from .dst_encoder import DSTEncoder
+from .latents import check_latent_convention, denormalize_latents
+from .prototype_adapter import PrototypeAdapter
+from .prototype_bank import PrototypeBank
+
+logger = logging.get_logger(__name__)
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from unipath_pipeline import UniPathPipeline
+
+        >>> pipe = UniPathPipeline.from_preset("tiny", seed=0)  # random weights, for trying the API
+        >>> out = pipe("colon adenocarcinoma, irregular glands in desmoplastic stroma", prototype_ids=[0, 3],
+        ...            num_inference_steps=30, generator=torch.Generator().manual_seed(0))
+        >>> out.images[0].save("tile.png")
+        ```
+"""
+
+
+@dataclass
+class UniPathPipelineOutput(BaseOutput):
+    """Output of `UniPathPipeline`.
+
+    Args:
+        images: the generated images (PIL images, a `[B, H, W, 3]` numpy array, a `[B, 3, H, W]` tensor, or latents
+            for `output_type="latent"`).
+        prototype_ids: for each image, the prototype bank ids that conditioned it.
+        streams: the condition streams that were used.
+    """
+
+    images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
+    prototype_ids: List[List[int]]
+    streams: tuple
+
+
+PromptIds = Optional[Union[Sequence[int], Sequence[Sequence[int]]]]
+
+
+class UniPathPipeline(DiffusionPipeline):
+    r"""Text-to-image pipeline for H&E pathology in the style of UniPath.
+
+    Three condition streams enter the transformer's cross-attention as one masked token sequence: the prompt's token
+    embeddings from the frozen MLLM (`"text"`), diagnostic semantic tokens read out of the MLLM by learnable queries
+    (`"dst"`), and prototype bank entries projected into tokens (`"prototype"`).
+
+    Args:
+        transformer: the PixArt-style denoiser; its caption projection maps condition tokens into cross-attention.
+        vae: the autoencoder of the latent space.
+        scheduler: the flow-matching sampler.
+        dst_encoder: learnable queries and prompt template of the raw-text and DST streams.
+        prototype_adapter: prototype feature -> condition token MLP.
+        mllm: the frozen understanding model; optional when `conditioning=` is always passed.
+        tokenizer: the MLLM's tokenizer; optional as `mllm`.
+        prototype_bank: prototype entries and features; needed for `prototype_ids`.
+        latent_convention: `"diffusers"` or `"unipath_original"`, see `unipath_pipeline.latents`.
+        integer_timesteps: give the transformer integer timesteps, as the original sampler did.
+    """
+
+    model_cpu_offload_seq = "mllm->dst_encoder->prototype_adapter->transformer->vae"
+    _optional_components = ["mllm", "tokenizer", "prototype_bank"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        transformer: PixArtTransformer2DModel,
+        vae: AutoencoderKL,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        dst_encoder: DSTEncoder,
+        prototype_adapter: PrototypeAdapter,
+        mllm: Optional[torch.nn.Module] = None,
+        tokenizer: Optional[Any] = None,
+        prototype_bank: Optional[PrototypeBank] = None,
+        latent_convention: str = "diffusers",
+        integer_timesteps: bool = False,
+    ):
+        super().__init__()
+        check_latent_convention(latent_convention)
+        widths = {
+            "transformer.config.caption_channels": transformer.config.caption_channels,
+            "dst_encoder.cond_dim": dst_encoder.cond_dim,
+            "prototype_adapter.config.cond_dim": prototype_adapter.config.cond_dim,
+        }
+        if len(set(widths.values())) != 1:
+            raise ValueError(f"The condition width must agree across components; got {widths}.")
+        if mllm is not None:
+            mllm.requires_grad_(False).eval()
+        self.register_modules(
+            transformer=transformer,
+            vae=vae,
+            scheduler=scheduler,
+            dst_encoder=dst_encoder,
+            prototype_adapter=prototype_adapter,
+            mllm=mllm,
+            tokenizer=tokenizer,
+            prototype_bank=prototype_bank,
+        )
+        self.register_to_config(latent_convention=latent_convention, integer_timesteps=integer_timesteps)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int = 0, device: Union[str, torch.device] = "cpu") -> "UniPathPipeline":
+        """Builds a pipeline with random weights from a named architecture (see `unipath_pipeline.presets`).
+
+        `"tiny"` builds in seconds offline (tests, API trials); `"official"` has the original's dimensions and is
+        meant for `device="meta"` (sizes and memory without allocating).
+        """
+        from .presets import build_preset
+
+        components, config = build_preset(name, seed=seed, device=device)
+        return cls(**components, **config)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Input checks: all of them run before any model does.
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def spatial_multiple(self) -> int:
+        """Height and width must be multiples of this (VAE downsampling times the transformer's patch size)."""
+        return self.vae_scale_factor * self.transformer.config.patch_size
+
+    def check_inputs(
+        self,
+        prompt,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        stream_guidance: Optional[Dict[str, float]],
+        streams: tuple,
+        prototype_ids: PromptIds,
+        num_images_per_prompt: int,
+        latents: Optional[torch.Tensor],
+        conditioning: Optional[UniPathConditioning],
+        output_type: str,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> None:
+        """Raises `ValueError` naming the offending argument and its accepted range."""
+        m = self.spatial_multiple
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % m:
+                raise ValueError(f"`{name}` must be a positive multiple of {m} (VAE factor x patch size); got {value}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1; got {num_inference_steps}.")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a finite number >= 0; got {guidance_scale}.")
+        for stream, weight in (stream_guidance or {}).items():
+            check_stream_names([stream], "stream_guidance")
+            if stream not in streams:
+                raise ValueError(f"`stream_guidance` weights stream {stream!r}, which is off; `streams` is {streams}.")
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"`stream_guidance[{stream!r}]` must be a finite number >= 0; got {weight}.")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an integer >= 1; got {num_images_per_prompt}.")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent'; got {output_type!r}.")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` accepts {self._callback_tensor_inputs}; got {bad}.")
+
+        if conditioning is None:
+            if prompt is None:
+                raise ValueError("Pass `prompt` (a string or a list of strings) or a precomputed `conditioning`.")
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError("`prompt` must be a string or a non-empty list of strings.")
+            if {"text", "dst"} & set(streams) and (self.mllm is None or self.tokenizer is None):
+                raise ValueError(
+                    "This pipeline has no `mllm`/`tokenizer`, so the 'text' and 'dst' streams cannot be encoded; pass "
+                    "a precomputed `conditioning=` or load a pipeline with its understanding model."
+                )
+            batch = len(prompts)
+            ids = self.normalize_prototype_ids(prototype_ids, batch)
+            if "prototype" not in streams and any(ids):
+                raise ValueError("`prototype_ids` were given but the 'prototype' stream is off in `streams`.")
+            if streams == ("prototype",) and not all(ids):
+                raise ValueError("`streams=('prototype',)` needs at least one prototype id per prompt.")
+            if any(ids):
+                self.check_prototype_ids(ids)
+        else:
+            batch = len(conditioning)
+            if prompt is not None:
+                n = 1 if isinstance(prompt, str) else len(prompt)
+                if n != batch:
+                    raise ValueError(f"`prompt` has {n} entries but `conditioning` has batch size {batch}; they must match.")
+            if prototype_ids is not None:
+                raise ValueError("`prototype_ids` cannot be combined with `conditioning`: its prototypes are fixed.")
+            missing = [s for s in streams if s not in conditioning.spans]
+            if missing:
+                raise ValueError(f"`streams` asks for {missing}, but `conditioning` holds only {list(conditioning.streams)}.")
+            width = self.transformer.config.caption_channels
+            if conditioning.embeds.shape[-1] != width:
+                raise ValueError(f"`conditioning` tokens are {conditioning.embeds.shape[-1]}-d; the transformer expects {width}.")
+
+        if latents is not None:
+            expected = (batch * num_images_per_prompt, self.transformer.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"`latents` must have shape {expected} for these arguments; got {tuple(latents.shape)}.")
+
+    @staticmethod
+    def normalize_prototype_ids(prototype_ids: PromptIds, batch: int) -> List[List[int]]:
+        """`None`, one list for every prompt, or one list per prompt -> one list per prompt."""
+        if prototype_ids is None:
+            return [[] for _ in range(batch)]
+        ids = list(prototype_ids)
+        if all(isinstance(i, (list, tuple)) for i in ids) and ids:
+            if len(ids) != batch:
+                raise ValueError(f"`prototype_ids` has {len(ids)} lists but there are {batch} prompts.")
+            return [list(i) for i in ids]
+        return [list(ids) for _ in range(batch)]
+
+    def check_prototype_ids(self, ids: List[List[int]]) -> None:
+        """Checks bank presence, id range, slot count and feature width; raises `ValueError`."""
+        if self.prototype_bank is None:
+            raise ValueError("`prototype_ids` were given but this pipeline has no `prototype_bank`; load or pass one.")
+        slots = self.prototype_adapter.config.max_prototypes
+        for sample_ids in ids:
+            self.prototype_bank.check_ids(sample_ids)
+            if len(sample_ids) > slots:
+                raise ValueError(f"`prototype_ids` allows at most {slots} ids per prompt; got {len(sample_ids)}.")
+        expected = self.prototype_adapter.config.feature_dim
+        if self.prototype_bank.feature_dim != expected:
+            raise ValueError(
+                f"The prototype bank's features are {self.prototype_bank.feature_dim}-d but the prototype adapter "
+                f"expects feature_dim={expected}; use a bank built with the same feature extractor."
+            )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Encoding: the MLLM runs once per call, never per step.
+    # ------------------------------------------------------------------------------------------------------------
+
+    def encode_prompt(
+        self,
+        prompt: Union[str, List[str]],
+        streams: Sequence[str] = STREAMS,
+        prototype_ids: PromptIds = None,
+        device: Optional[torch.device] = None,
+    ) -> UniPathConditioning:
+        """Encodes prompts (and chosen prototypes) into one masked condition sequence.
+
+        The result can be passed back as `conditioning=` so that the MLLM is skipped. One MLLM forward encodes the
+        whole batch (only when the 'dst' stream is asked for).
+
+        Args:
+            prompt: the prompt or prompts.
+            streams: the streams to encode, any of 'text', 'dst', 'prototype'.
+            prototype_ids: bank ids for the prototype stream: one list for every prompt, or one list per prompt.
+            device: where the result lives; defaults to the pipeline's execution device.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        streams = check_stream_names(streams)
+        device = device or self._execution_device
+        ids = self.normalize_prototype_ids(prototype_ids, len(prompts))
+        parts: Dict[str, tuple] = {}
+        mllm_streams = [s for s in streams if s in ("text", "dst")]
+        if mllm_streams:
+            tokens = self.dst_encoder.tokenize(self.tokenizer, prompts)
+            parts.update(self.dst_encoder(self.mllm, tokens, mllm_streams))
+        if "prototype" in streams:
+            if any(ids):
+                self.check_prototype_ids(ids)
+            features = [self.prototype_bank.select(i) if i else torch.zeros(0, self.prototype_adapter.config.feature_dim) for i in ids]
+            parts["prototype"] = self.prototype_adapter(features)
+
+        dtype = self.transformer.dtype
+        spans, start = {}, 0
+        for s in streams:
+            spans[s] = (start, start + parts[s][0].shape[1])
+            start = spans[s][1]
+        embeds = torch.cat([parts[s][0].to(device=device, dtype=dtype) for s in streams], dim=1)
+        mask = torch.cat([parts[s][1].to(device) for s in streams], dim=1)
+        return UniPathConditioning(embeds, mask, spans, prototype_ids=ids, prompts=prompts)
+
+    def guidance_branches(
+        self, conditioning: UniPathConditioning, guidance_scale: float, stream_guidance: Dict[str, float]
+    ) -> tuple[UniPathConditioning, List[str]]:
+        """All guidance branches batched as one conditioning, with the name of each branch.
+
+        Branches: `"null"` (zeros for every stream, when `guidance_scale != 1`), `"cond"`, and `"without:<stream>"`
+        for each stream with a non-zero `stream_guidance` weight.
+        """
+        branches, names = [conditioning], ["cond"]
+        if guidance_scale != 1.0:
+            branches.insert(0, conditioning.null())
+            names.insert(0, "null")
+        for stream, weight in stream_guidance.items():
+            if weight != 0:
+                branches.append(conditioning.without(stream))
+                names.append(f"without:{stream}")
+        return UniPathConditioning.cat(branches), names
+
+    @staticmethod
+    def combine_guidance(
+        predictions: torch.Tensor, names: List[str], guidance_scale: float, stream_guidance: Dict[str, float]
+    ) -> torch.Tensor:
+        """`u + s (c - u) + sum_k w_k (c - c_without_k)` over the batched branch predictions."""
+        chunks = dict(zip(names, predictions.chunk(len(names))))
+        cond = chunks["cond"]
+        guided = chunks["null"] + guidance_scale * (cond - chunks["null"]) if "null" in chunks else cond
+        for stream, weight in stream_guidance.items():
+            if weight != 0:
+                guided = guided + weight * (cond - chunks[f"without:{stream}"])
+        return guided
+
+    def prepare_latents(
+        self, batch_size: int, height: int, width: int, dtype, device, generator, latents: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Initial noise (flow matching starts at sigma = 1, so no scaling)."""
+        if latents is not None:
+            return latents.to(device=device, dtype=dtype)
+        shape = (batch_size, self.transformer.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"`generator` is a list of {len(generator)} generators but {batch_size} images are made.")
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` (e.g. from a callback) to stop the denoising loop early."""
+        return getattr(self, "_interrupt", False)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Generation
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: Union[str, List[str], None] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 3.0,
+        stream_guidance: Optional[Dict[str, float]] = None,
+        streams: Sequence[str] = STREAMS,
+        prototype_ids: PromptIds = None,
+        num_images_per_prompt: int = 1,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        conditioning: Optional[UniPathConditioning] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable[["UniPathPipeline", int, torch.Tensor, Dict], Dict]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> Union[UniPathPipelineOutput, tuple]:
+        r"""Generates images.
+
+        Args:
+            prompt: the description(s) of the tissue to draw. May be omitted when `conditioning` is given.
+            height, width: image size in pixels, multiples of `pipe.spatial_multiple`; default: the transformer's
+                native size.
+            num_inference_steps: denoising steps, >= 1 (sigmas `linspace(1, 1/N, N)` as the original sampler).
+            guidance_scale: the joint classifier-free guidance scale `s` (>= 0; 1 disables the null branch). The null
+                condition is all-zero embeddings for every stream with the same mask, as in the original.
+            stream_guidance: optional per-stream weights `w_k` (>= 0) adding `w_k * (c - c_without_k)`, where
+                `c_without_k` has stream `k` zeroed and masked. Each non-zero weight costs one more batched branch.
+            streams: the streams to condition on, any of 'text', 'dst', 'prototype'; the others are cut out.
+            prototype_ids: prototype bank ids for the prototype stream: one list used for every prompt, or one list
+                per prompt; at most `prototype_adapter.config.max_prototypes` each.
+            num_images_per_prompt: images per prompt.
+            generator: a `torch.Generator` or one per image, for reproducible noise.
+            latents: initial noise `[batch * num_images_per_prompt, C, H / f, W / f]`.
+            conditioning: a `UniPathConditioning` from `encode_prompt`; skips the MLLM.
+            output_type: 'pil', 'np', 'pt' or 'latent'.
+            return_dict: return a `UniPathPipelineOutput` instead of a tuple.
+            callback_on_step_end: called as `fn(pipe, step, timestep, callback_kwargs)` after each step; may return
+                replacements for the tensors in `callback_kwargs`.
+            callback_on_step_end_tensor_inputs: which tensors `callback_kwargs` holds (subset of `["latents"]`).
+
+        Examples:
+
+        Returns:
+            `UniPathPipelineOutput` (or `(images, prototype_ids)` when `return_dict=False`).
+        """
+        # 1. Check inputs: every error is raised before any model runs.
+        native = self.transformer.config.sample_size * self.vae_scale_factor
+        height, width = height or native, width or native
+        streams = check_stream_names(streams)
+        stream_guidance = dict(stream_guidance or {})
+        self.check_inputs(
+            prompt, height, width, num_inference_steps, guidance_scale, stream_guidance, streams, prototype_ids,
+            num_images_per_prompt, latents, conditioning, output_type, callback_on_step_end_tensor_inputs,
+        )
+        self._interrupt = False
+        device = self._execution_device
+
+        # 2. Encode the prompt once (or take the precomputed conditioning), then repeat per image.
+        if conditioning is None:
+            conditioning = self.encode_prompt(prompt, streams=streams, prototype_ids=prototype_ids, device=device)
+        conditioning = conditioning.select(streams).to(device=device, dtype=self.transformer.dtype)
+        conditioning = conditioning.repeat_interleave(num_images_per_prompt)
+        branches, branch_names = self.guidance_branches(conditioning, guidance_scale, stream_guidance)
+
+        # 3. Timesteps: the original sampler's sigmas.
+        sigmas = np.linspace(1.0, 1.0 / num_inference_steps, num_inference_steps)
+        self.scheduler.set_timesteps(sigmas=sigmas, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 4. Initial noise.
+        latents = self.prepare_latents(
+            len(conditioning), height, width, self.transformer.dtype, device, generator, latents
+        )
+
+        # 5. Denoising loop: all guidance branches in one transformer call per step.
+        n_branches = len(branch_names)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                model_input = latents.repeat(n_branches, 1, 1, 1)
+                timestep = t.expand(model_input.shape[0])
+                if self.config.integer_timesteps:
+                    timestep = timestep.long()
+                prediction = self.transformer(
+                    model_input,
+                    encoder_hidden_states=branches.embeds,
+                    encoder_attention_mask=branches.mask,
+                    timestep=timestep,
+                    added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                    return_dict=False,
+                )[0]
+                velocity = self.combine_guidance(prediction, branch_names, guidance_scale, stream_guidance)
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                progress_bar.update()
+
+        # 6. Decode.
+        if output_type == "latent":
+            images = latents
+        else:
+            vae_latents = denormalize_latents(self.vae, latents.to(self.vae.dtype), self.config.latent_convention)
+            decoded = self.vae.decode(vae_latents, return_dict=False)[0]
+            images = self.image_processor.postprocess(decoded, output_type=output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, conditioning.prototype_ids
+        return UniPathPipelineOutput(images=images, prototype_ids=conditioning.prototype_ids, streams=streams)
+
