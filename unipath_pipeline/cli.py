@@ -1,0 +1,182 @@
+"""The `unipath` command line: `unipath generate ...`, `unipath info ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Dict, List, Optional
+
+PRESET_PREFIX = "preset:"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32"):
+    """A `UniPathPipeline` from `preset:NAME`, a saved pipeline folder or a Hub repo id."""
+    import torch
+
+    from .pipeline_unipath import UniPathPipeline
+
+    torch_dtype = getattr(torch, dtype)
+    if model.startswith(PRESET_PREFIX):
+        pipe = UniPathPipeline.from_preset(model[len(PRESET_PREFIX):])
+        if torch_dtype != torch.float32:
+            pipe = pipe.to(dtype=torch_dtype)
+    else:
+        pipe = UniPathPipeline.from_pretrained(model, dtype=torch_dtype)
+    return pipe.to(device)
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,5; got {text!r}") from None
+
+
+def _weights(text: str) -> Dict[str, float]:
+    try:
+        return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STREAM=WEIGHT pairs such as dst=2,prototype=1; got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {value}")
+    return value
+
+
+def output_paths(out: str, count: int) -> List[str]:
+    """`out` itself for one image with an image suffix; numbered files beside it or inside folder `out` otherwise."""
+    stem, suffix = os.path.splitext(out)
+    if suffix.lower() in IMAGE_SUFFIXES:
+        return [out] if count == 1 else [f"{stem}-{i:03d}{suffix}" for i in range(count)]
+    return [os.path.join(out, f"unipath-{i:03d}.png") for i in range(count)]
+
+
+def save_image_atomically(image, path: str) -> None:
+    """Writes a PIL image through a temporary file, so an interrupted run never leaves a half-written image."""
+    from .io_utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=image.format or os.path.splitext(path)[1].lstrip(".").upper().replace("JPG", "JPEG"))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    out = pipe(
+        prompt=args.prompt,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        stream_guidance=args.stream_guidance,
+        streams=tuple(args.streams.split(",")),
+        prototype_ids=args.prototype_ids,
+        num_images_per_prompt=args.num_images,
+        generator=generator,
+    )
+    for image, path, ids in zip(out.images, output_paths(args.out, len(out.images)), out.prototype_ids):
+        save_image_atomically(image, path)
+        print(f"{path}  ({image.width}x{image.height}, prototypes {ids or 'none'})")
+    return 0
+
+
+def human_bytes(nbytes: float) -> str:
+    """`1536` -> `'1.5 KiB'`."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+
+
+def describe_pipeline(pipe) -> str:
+    """A human-readable table of components, parameters, bf16 memory and streams."""
+    import torch
+
+    lines = [f"{'component':<18} {'class':<38} {'parameters':>14} {'bf16 memory':>12}"]
+    total = 0
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            params = sum(p.numel() for p in component.parameters())
+            total += params
+            lines.append(f"{name:<18} {type(component).__name__:<38} {params:>14,} {human_bytes(2 * params):>12}")
+        elif component is None:
+            lines.append(f"{name:<18} {'-':<38} {'(not loaded)':>14}")
+        else:
+            detail = f"{len(component)} entries" if hasattr(component, "entries") else ""
+            lines.append(f"{name:<18} {type(component).__name__:<38} {detail:>14}")
+    lines.append(f"{'total':<18} {'':<38} {total:>14,} {human_bytes(2 * total):>12}")
+    dst, adapter = pipe.dst_encoder.config, pipe.prototype_adapter.config
+    native = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    lines += [
+        "",
+        "streams (condition tokens, width "
+        f"{pipe.transformer.config.caption_channels}):",
+        f"  text       up to {dst.max_text_length} prompt tokens from the MLLM's embedding table",
+        f"  dst        {dst.num_queries} diagnostic semantic tokens (one MLLM forward)",
+        f"  prototype  up to {adapter.max_prototypes} prototypes, features {adapter.feature_dim}-d"
+        + (f", bank of {len(pipe.prototype_bank)} entries" if pipe.prototype_bank is not None else ", no bank"),
+        f"native size {native}x{native} px; sizes must be multiples of {pipe.spatial_multiple}; "
+        f"latent convention {pipe.config.latent_convention!r}",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .pipeline_unipath import UniPathPipeline
+
+    if args.preset:
+        pipe = UniPathPipeline.from_preset(args.preset, device="meta" if args.preset == "official" else "cpu")
+    else:
+        pipe = load_pipeline(args.model)
+    print(describe_pipeline(pipe))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unipath", description="UniPath pathology image generation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate images from a prompt")
+    gen.add_argument("--model", required=True, help="a saved pipeline folder, a Hub repo id, or preset:tiny (random)")
+    gen.add_argument("--prompt", required=True, help="the description of the tissue")
+    gen.add_argument("--prototype-ids", type=_int_list, default=None, help="prototype bank ids, e.g. 1,2")
+    gen.add_argument("--streams", default="text,dst,prototype", help="condition streams to use (default: all)")
+    gen.add_argument("--steps", type=_positive, default=30, help="denoising steps (default 30)")
+    gen.add_argument("--guidance", type=float, default=3.0, help="joint guidance scale >= 0 (default 3.0)")
+    gen.add_argument("--stream-guidance", type=_weights, default=None, help="per-stream weights, e.g. dst=2")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--height", type=int, default=None, help="default: the model's native size")
+    gen.add_argument("--width", type=int, default=None, help="default: the model's native size")
+    gen.add_argument("--num-images", type=_positive, default=1)
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--dtype", choices=DTYPES, default="float32")
+    gen.add_argument("--out", required=True, help="an image file (.png/.jpg/.webp) or a folder")
+    gen.set_defaults(func=cmd_generate)
+
+    info = sub.add_parser("info", help="list a pipeline's components, parameter counts and streams")
+    what = info.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="a saved pipeline folder, a Hub repo id, or preset:NAME")
+    what.add_argument("--preset", help="a preset name (official is built on the meta device)")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"unipath {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
