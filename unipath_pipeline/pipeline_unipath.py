@@ -393,7 +393,8 @@ class UniPathPipeline(DiffusionPipeline):
         """
         # 1. Check inputs: every error is raised before any model runs.
         native = self.transformer.config.sample_size * self.vae_scale_factor
-        height, width = height or native, width or native
+        height = native if height is None else height
+        width = native if width is None else width
         streams = check_stream_names(streams)
         stream_guidance = dict(stream_guidance or {})
         self.check_inputs(
@@ -442,7 +443,8 @@ class UniPathPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
-                    callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                    tensors = {"latents": latents}
+                    callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     latents = callback_outputs.pop("latents", latents)
                 progress_bar.update()

@@ -52,7 +52,7 @@ def _tiny(seed: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         components = dict(
             mllm=mllm,
             tokenizer=tokenizer,
-            dst_encoder=DSTEncoder(hidden_size=hidden, num_queries=8, max_text_length=48, trigger_token="<|dst|>"),
+            dst_encoder=DSTEncoder(hidden_size=hidden, num_queries=8, max_text_length=80, trigger_token="<|dst|>"),
             prototype_adapter=PrototypeAdapter(feature_dim=feature_dim, cond_dim=hidden, max_prototypes=4),
             prototype_bank=PrototypeBank(
                 [PrototypeEntry(i, [k], f"tiny random prototype: {k}") for i, k in enumerate(TINY_BANK_KEYWORDS)],
