@@ -83,6 +83,13 @@ def test_precomputed_conditioning_gives_the_same_image_and_skips_the_mllm(tiny_p
         from_cond = generate(no_mllm, None, conditioning=loaded)
     assert counter.calls == 0
     np.testing.assert_allclose(from_cond, reference, atol=1e-6)
+    # Explicit noise at a non-native size works with a conditioning as with a prompt.
+    noise = torch.randn(1, 4, 12, 8)
+    np.testing.assert_allclose(
+        generate(no_mllm, None, conditioning=cond, latents=noise, height=24, width=16),
+        generate(tiny_pipe, prototype_ids=ALL_STREAM_IDS, latents=noise, height=24, width=16),
+        atol=1e-6,
+    )
     # A conditioning can be narrowed to fewer streams at call time.
     np.testing.assert_allclose(
         generate(tiny_pipe, None, conditioning=cond, streams=("text", "dst")),

@@ -207,9 +207,11 @@ class UniPathPipeline(DiffusionPipeline):
             missing = [s for s in streams if s not in conditioning.spans]
             if missing:
                 raise ValueError(f"`streams` asks for {missing}, but `conditioning` holds only {list(conditioning.streams)}.")
-            width = self.transformer.config.caption_channels
-            if conditioning.embeds.shape[-1] != width:
-                raise ValueError(f"`conditioning` tokens are {conditioning.embeds.shape[-1]}-d; the transformer expects {width}.")
+            cond_width = self.transformer.config.caption_channels
+            if conditioning.embeds.shape[-1] != cond_width:
+                raise ValueError(
+                    f"`conditioning` tokens are {conditioning.embeds.shape[-1]}-d; the transformer expects {cond_width}."
+                )
 
         if latents is not None:
             expected = (batch * num_images_per_prompt, self.transformer.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -402,12 +404,12 @@ class UniPathPipeline(DiffusionPipeline):
             num_images_per_prompt, latents, conditioning, output_type, callback_on_step_end_tensor_inputs,
         )
         self._interrupt = False
-        device = self._execution_device
+        device, dtype = self._execution_device, self.transformer.dtype
 
         # 2. Encode the prompt once (or take the precomputed conditioning), then repeat per image.
         if conditioning is None:
             conditioning = self.encode_prompt(prompt, streams=streams, prototype_ids=prototype_ids, device=device)
-        conditioning = conditioning.select(streams).to(device=device, dtype=self.transformer.dtype)
+        conditioning = conditioning.select(streams).to(device=device, dtype=dtype)
         conditioning = conditioning.repeat_interleave(num_images_per_prompt)
         branches, branch_names = self.guidance_branches(conditioning, guidance_scale, stream_guidance)
 
@@ -417,9 +419,7 @@ class UniPathPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
 
         # 4. Initial noise.
-        latents = self.prepare_latents(
-            len(conditioning), height, width, self.transformer.dtype, device, generator, latents
-        )
+        latents = self.prepare_latents(len(conditioning), height, width, dtype, device, generator, latents)
 
         # 5. Denoising loop: all guidance branches in one transformer call per step.
         n_branches = len(branch_names)
