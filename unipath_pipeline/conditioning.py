@@ -23,6 +23,24 @@ def check_stream_names(streams: Sequence[str], argument: str = "streams") -> Tup
     return tuple(s for s in STREAMS if s in streams)
 
 
+def assemble_conditioning(
+    parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]],
+    prototype_ids: Optional[List[List[int]]] = None,
+    prompts: Optional[List[str]] = None,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> "UniPathConditioning":
+    """Concatenates `{stream: (embeds, mask)}` in canonical stream order into one conditioning."""
+    streams = check_stream_names(list(parts))
+    spans, start = {}, 0
+    for s in streams:
+        spans[s] = (start, start + parts[s][0].shape[1])
+        start = spans[s][1]
+    embeds = torch.cat([parts[s][0].to(device=device, dtype=dtype) for s in streams], dim=1)
+    mask = torch.cat([parts[s][1].to(device) for s in streams], dim=1)
+    return UniPathConditioning(embeds, mask, spans, prototype_ids or [], prompts or [])
+
+
 @dataclass
 class UniPathConditioning:
     """Condition tokens for a batch of prompts: all streams concatenated into one masked sequence.
@@ -90,6 +108,21 @@ class UniPathConditioning:
         embeds[:, a:b] = 0
         mask[:, a:b] = 0
         return replace(self, embeds=embeds, mask=mask)
+
+    def with_dropout(self, drop_all: torch.Tensor, drop_stream: Dict[str, torch.Tensor]) -> "UniPathConditioning":
+        """Training-time condition dropout matching the guidance branches used at inference.
+
+        Args:
+            drop_all: `[batch]` bool; those samples get the null condition (zero embeddings, mask kept).
+            drop_stream: `{stream: [batch] bool}`; those samples get that stream zeroed and masked out.
+        """
+        keep = torch.ones(self.mask.shape, dtype=torch.bool, device=self.mask.device)
+        for stream, dropped in drop_stream.items():
+            a, b = self.spans[stream]
+            keep[:, a:b] &= ~dropped.to(keep.device)[:, None]
+        mask = self.mask * keep
+        zero = (~keep) | drop_all.to(keep.device)[:, None]
+        return replace(self, embeds=self.embeds.masked_fill(zero[..., None], 0.0), mask=mask)
 
     def null(self) -> "UniPathConditioning":
         """The original UniPath's unconditional input: zero embeddings for every stream, the same mask."""

@@ -7,6 +7,7 @@ missing column is a `DataError` raised when the source is opened, before any tra
 
 from __future__ import annotations
 
+import argparse
 import csv
 import glob
 import io
@@ -223,14 +224,14 @@ def open_webdataset(
 def load_hf_dataset(
     name: str, config: Optional[str] = None, split: str = "train", streaming: bool = False,
     image_column: str = "image", caption_column: str = "text", bank_id_column: Optional[str] = None,
-    process_index: int = 0, num_processes: int = 1, skip: int = 0, data_dir: Optional[str] = None,
+    process_index: int = 0, num_processes: int = 1, skip: int = 0,
 ):
-    """A Hugging Face dataset (a Hub id, a local script/folder, or a builder such as `imagefolder` with `data_dir`)."""
+    """A Hugging Face dataset: a Hub id (from the local cache when offline), a local dataset folder or files."""
     try:
         import datasets
     except ImportError as error:
         raise DataError("--dataset_name needs the `datasets` package: pip install 'unipath-pipeline[train]'.") from error
-    dataset = datasets.load_dataset(name, config, split=split, streaming=streaming, data_dir=data_dir)
+    dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
     if not streaming:
         return HFImageCaptions(dataset, image_column, caption_column, bank_id_column)
     from datasets.distributed import split_dataset_by_node
@@ -242,6 +243,59 @@ def load_hf_dataset(
     _check_columns(list(first), needed, "The dataset")
     shard = split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
     return StreamingImageCaptions(lambda: iter(shard), image_column, caption_column, bank_id_column, skip)
+
+
+def open_image_captions(
+    train_data_dir: Optional[str] = None,
+    dataset_name: Optional[str] = None,
+    train_shards: Optional[str] = None,
+    dataset_config_name: Optional[str] = None,
+    dataset_split: str = "train",
+    streaming: bool = False,
+    image_column: str = "image",
+    caption_column: str = "text",
+    bank_id_column: Optional[str] = None,
+    process_index: int = 0,
+    num_processes: int = 1,
+    skip: int = 0,
+):
+    """Opens exactly one image-caption source; raises `DataError` for an empty source or a missing column.
+
+    Returns a map-style `Dataset` (folders, non-streaming datasets) or a `StreamingImageCaptions` already split
+    across processes and positioned after `skip` rows of this process.
+    """
+    given = [n for n, v in (("--train_data_dir", train_data_dir), ("--dataset_name", dataset_name), ("--train_shards", train_shards)) if v]
+    if len(given) != 1:
+        raise DataError(f"Give exactly one of --train_data_dir, --dataset_name, --train_shards; got {given or 'none'}.")
+    if train_data_dir:
+        return ImageCaptionFolder(train_data_dir, image_column, caption_column, bank_id_column)
+    if dataset_name:
+        return load_hf_dataset(dataset_name, dataset_config_name, dataset_split, streaming, image_column, caption_column,
+                               bank_id_column, process_index, num_processes, skip)
+    return open_webdataset(train_shards, process_index, num_processes, caption_column, bank_id_column, skip)
+
+
+def add_data_arguments(parser) -> None:
+    """The data-source arguments of the training scripts (diffusers' names)."""
+    parser.add_argument("--train_data_dir", help="image folder with metadata.jsonl / metadata.csv (imagefolder convention)")
+    parser.add_argument("--dataset_name", help="Hugging Face dataset: Hub id (cached when offline) or local dataset path")
+    parser.add_argument("--dataset_config_name")
+    parser.add_argument("--dataset_split", default="train")
+    parser.add_argument("--streaming", action="store_true", help="stream the Hugging Face dataset")
+    parser.add_argument("--train_shards", help="WebDataset tar shards, e.g. 'data/shard-{0000..0099}.tar' or a glob")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--caption_column", default="text")
+    parser.add_argument("--bank_id_column", help="column with each sample's own prototype bank id (never retrieved for it)")
+    parser.add_argument("--resolution", type=int, default=None, help="training size (default: the model's native size)")
+    parser.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
+
+
+def open_from_args(args, process_index: int = 0, num_processes: int = 1, skip: int = 0):
+    """`open_image_captions` with the arguments of `add_data_arguments`."""
+    return open_image_captions(
+        args.train_data_dir, args.dataset_name, args.train_shards, args.dataset_config_name, args.dataset_split,
+        args.streaming, args.image_column, args.caption_column, args.bank_id_column, process_index, num_processes, skip,
+    )
 
 
 class StepBatchSampler(Sampler):
@@ -296,12 +350,14 @@ class ImageCaptionCollator:
         self.resolution, self.center_crop = resolution, center_crop
 
     def __call__(self, records: List[ImageCaption]) -> Dict[str, Any]:
-        good = [r for r in records if r.image is not None]
+        positions = [i for i, r in enumerate(records) if r.image is not None]
+        good = [records[i] for i in positions]
         pixels = [image_to_tensor(r.image, self.resolution, self.center_crop) for r in good]
         return {
             "pixel_values": torch.stack(pixels) if pixels else torch.zeros(0, 3, self.resolution, self.resolution),
             "captions": [r.caption for r in good],
             "keys": [r.key for r in good],
             "bank_ids": [r.bank_id for r in good],
+            "positions": positions,
             "skipped": len(records) - len(good),
         }

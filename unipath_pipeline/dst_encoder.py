@@ -143,8 +143,18 @@ class DSTEncoder(ModelMixin, ConfigMixin):
             )
         return token_id
 
+    @staticmethod
+    def embed_text(mllm: nn.Module, tokens: DSTTokens) -> torch.Tensor:
+        """The raw-text stream before the down-projection: a frozen embedding lookup (cacheable for training)."""
+        embed_table = mllm.get_input_embeddings()
+        return embed_table(tokens.text_input_ids.to(embed_table.weight.device))
+
     def forward(
-        self, mllm: nn.Module, tokens: DSTTokens, streams: Sequence[str] = ("text", "dst")
+        self,
+        mllm: nn.Module,
+        tokens: DSTTokens,
+        streams: Sequence[str] = ("text", "dst"),
+        text_embeds: torch.Tensor | None = None,
     ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
         """Builds the requested MLLM-derived streams.
 
@@ -152,6 +162,7 @@ class DSTEncoder(ModelMixin, ConfigMixin):
             mllm: the frozen understanding model (a transformers model accepting `inputs_embeds`).
             tokens: the output of `tokenize`.
             streams: any of `"text"` and `"dst"`; the MLLM runs (once) only when `"dst"` is asked for.
+            text_embeds: precomputed `embed_text(mllm, tokens)` (e.g. from a training cache).
 
         Returns:
             `{stream: (embeds [batch, tokens, cond_dim], mask [batch, tokens])}`.
@@ -160,7 +171,7 @@ class DSTEncoder(ModelMixin, ConfigMixin):
         device = embed_table.weight.device
         out: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         if "text" in streams:
-            text_embeds = embed_table(tokens.text_input_ids.to(device))
+            text_embeds = self.embed_text(mllm, tokens) if text_embeds is None else text_embeds.to(device)
             out["text"] = (self._project(text_embeds), tokens.text_attention_mask.to(device))
         if "dst" in streams:
             out["dst"] = self._read_queries(mllm, embed_table, tokens)

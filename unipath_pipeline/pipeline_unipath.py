@@ -14,9 +14,10 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
-from .conditioning import STREAMS, UniPathConditioning, check_stream_names
+from .conditioning import STREAMS, UniPathConditioning, assemble_conditioning, check_stream_names
 from .dst_encoder import DSTEncoder
 from .latents import check_latent_convention, denormalize_latents
+from .lora import UniPathLoraLoaderMixin
 from .prototype_adapter import PrototypeAdapter
 from .prototype_bank import PrototypeBank
 
@@ -55,7 +56,7 @@ class UniPathPipelineOutput(BaseOutput):
 PromptIds = Optional[Union[Sequence[int], Sequence[Sequence[int]]]]
 
 
-class UniPathPipeline(DiffusionPipeline):
+class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
     r"""Text-to-image pipeline for H&E pathology in the style of UniPath.
 
     Three condition streams enter the transformer's cross-attention as one masked token sequence: the prompt's token
@@ -283,14 +284,7 @@ class UniPathPipeline(DiffusionPipeline):
             features = [self.prototype_bank.select(i) if i else torch.zeros(0, self.prototype_adapter.config.feature_dim) for i in ids]
             parts["prototype"] = self.prototype_adapter(features)
 
-        dtype = self.transformer.dtype
-        spans, start = {}, 0
-        for s in streams:
-            spans[s] = (start, start + parts[s][0].shape[1])
-            start = spans[s][1]
-        embeds = torch.cat([parts[s][0].to(device=device, dtype=dtype) for s in streams], dim=1)
-        mask = torch.cat([parts[s][1].to(device) for s in streams], dim=1)
-        return UniPathConditioning(embeds, mask, spans, prototype_ids=ids, prompts=prompts)
+        return assemble_conditioning(parts, ids, prompts, device=device, dtype=self.transformer.dtype)
 
     def guidance_branches(
         self, conditioning: UniPathConditioning, guidance_scale: float, stream_guidance: Dict[str, float]

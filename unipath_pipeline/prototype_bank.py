@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, List, Optional, Sequence
+from functools import cached_property
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -73,6 +75,47 @@ class PrototypeBank:
         """The `[len(ids), feature_dim]` features of the entries `ids`, in that order."""
         ids = self.check_ids(ids)
         return self.features[torch.tensor(ids, dtype=torch.long)] if ids else self.features[:0]
+
+    @cached_property
+    def keyword_index(self) -> Dict[str, List[int]]:
+        """The inverted index: lower-cased keyword -> ids of the entries that carry it."""
+        index: Dict[str, List[int]] = {}
+        for entry in self.entries:
+            for keyword in dict.fromkeys(k.strip().lower() for k in entry.keywords if k.strip()):
+                index.setdefault(keyword, []).append(entry.id)
+        return index
+
+    @cached_property
+    def _keyword_pattern(self) -> Optional[re.Pattern]:
+        if not self.keyword_index:
+            return None
+        alternatives = "|".join(re.escape(k) for k in sorted(self.keyword_index, key=len, reverse=True))
+        return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+    def match_keywords(self, text: str) -> List[str]:
+        """Keywords found in `text`: case-insensitive, whole words, longest first, non-overlapping, in text order."""
+        if self._keyword_pattern is None:
+            return []
+        return list(dict.fromkeys(m.group(0).lower() for m in self._keyword_pattern.finditer(text)))
+
+    def retrieve_by_keywords(
+        self,
+        text: str,
+        max_keywords: int = 4,
+        per_keyword: int = 2,
+        limit: int = 16,
+        exclude: Iterable[int] = (),
+        generator: Optional[torch.Generator] = None,
+    ) -> List[int]:
+        """The original's keyword recall: keep the `max_keywords` rarest keywords found in `text` and sample
+        `per_keyword` entries for each (with `generator`), never an id in `exclude`; at most `limit` ids."""
+        excluded, chosen = set(exclude), []
+        keywords = sorted(self.match_keywords(text), key=lambda k: len(self.keyword_index[k]))[:max_keywords]
+        for keyword in keywords:
+            candidates = [i for i in self.keyword_index[keyword] if i not in excluded and i not in chosen]
+            order = torch.randperm(len(candidates), generator=generator).tolist()
+            chosen.extend(candidates[j] for j in order[:per_keyword])
+        return chosen[:limit]
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """Writes `bank.json` and `features.safetensors` into `save_directory` (each atomically)."""
