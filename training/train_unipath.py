@@ -374,6 +374,14 @@ def save_final(accelerator: Accelerator, args, pipe: UniPathPipeline, trainable:
         upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoint-*", ".tmp-*", "logs/*"])
 
 
+def follow_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, optimizer: torch.optim.Optimizer) -> None:
+    """After resuming, set the learning rate from this run's schedule (the checkpoint's optimizer holds the rate of
+    the run that wrote it, whose `--max_train_steps` may have been smaller)."""
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def _pipeline_config(pipe: UniPathPipeline) -> Dict[str, Any]:
     return {"latent_convention": pipe.config.latent_convention, "integer_timesteps": pipe.config.integer_timesteps}
 
@@ -437,6 +445,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         accelerator.register_for_checkpointing(ema)
     if resume:
         accelerator.load_state(resume)
+        follow_schedule(lr_scheduler.scheduler, optimizer.optimizer)
         logger.info(f"Resumed from {resume} at step {global_step}")
     if accelerator.is_main_process:
         accelerator.init_trackers("unipath", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
