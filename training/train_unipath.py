@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -458,6 +459,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     micro_step, skipped, losses = global_step * args.gradient_accumulation_steps, 0, []
+    step_started = time.perf_counter()
     while global_step < args.max_train_steps:
         batch = next(batches)
         skipped += batch["skipped"]
@@ -488,8 +490,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
         accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "skipped_images": skipped}, step=global_step)
         if accelerator.is_main_process:
+            seconds, step_started = time.perf_counter() - step_started, time.perf_counter()
             with open(os.path.join(args.output_dir, LOSS_LOG), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": global_step, "loss": step_loss}) + "\n")
+                f.write(json.dumps({"step": global_step, "loss": step_loss, "seconds": round(seconds, 6)}) + "\n")
         if global_step % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args, global_step)
         if accelerator.is_main_process and args.validation_prompts and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps):
