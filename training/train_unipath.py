@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -350,17 +350,40 @@ Research use only; not for diagnosis.
         f.write(str(card))
 
 
-def save_final(accelerator: Accelerator, args, pipe: UniPathPipeline, trainable: UniPathTrainable, ema: Optional[EMAModel]) -> None:
-    model = accelerator.unwrap_model(trainable)
+def trained_copy(accelerator: Accelerator, trainable, pipe: UniPathPipeline, args, ema: Optional[EMAModel],
+                 trained_names: List[str]) -> Optional[UniPathTrainable]:
+    """Full-weight copies of the trained modules (EMA weights when kept) on the main process, else `None`.
+
+    Call it on every process: under FSDP or ZeRO-3 `get_state_dict` gathers the shards. The live model is untouched.
+    """
+    state = accelerator.get_state_dict(trainable)
+    if not accelerator.is_main_process:
+        return None
+    copy = UniPathTrainable(*(type(m).from_config(m.config) for m in (pipe.transformer, pipe.dst_encoder, pipe.prototype_adapter)))
+    if args.lora_rank:
+        add_lora(copy.transformer, args)
+    copy.load_state_dict(state)
     if ema is not None:
-        ema.copy_to(model.parameters())
+        ema.copy_to([copy.get_parameter(name) for name in trained_names])
+    return copy.to(accelerator.device).eval()
+
+
+def pipeline_with(pipe: UniPathPipeline, model: UniPathTrainable) -> UniPathPipeline:
+    """`pipe` with its trained components replaced by `model`'s."""
+    return UniPathPipeline(
+        **{**pipe.components, "transformer": model.transformer, "dst_encoder": model.dst_encoder,
+           "prototype_adapter": model.prototype_adapter},
+        latent_convention=pipe.config.latent_convention, integer_timesteps=pipe.config.integer_timesteps,
+    )
+
+
+def save_final(args, pipe: UniPathPipeline, model: UniPathTrainable) -> None:
     if args.lora_rank:
         save_lora_weights(lora_state_dict(model.transformer), args.output_dir, args.lora_rank, args.lora_alpha or args.lora_rank)
     else:
         staging = os.path.join(args.output_dir, ".tmp-pipeline")
         shutil.rmtree(staging, ignore_errors=True)
-        UniPathPipeline(**{**pipe.components, "transformer": model.transformer, "dst_encoder": model.dst_encoder,
-                           "prototype_adapter": model.prototype_adapter}, **_pipeline_config(pipe)).save_pretrained(staging)
+        pipeline_with(pipe, model).save_pretrained(staging)
         for name in sorted(os.listdir(staging), key=lambda n: n == "model_index.json"):  # the index last
             target = os.path.join(args.output_dir, name)
             if os.path.isdir(target):
@@ -381,10 +404,6 @@ def follow_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, optimizer: tor
     for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
-
-def _pipeline_config(pipe: UniPathPipeline) -> Dict[str, Any]:
-    return {"latent_convention": pipe.config.latent_convention, "integer_timesteps": pipe.config.integer_timesteps}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -434,8 +453,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.gradient_checkpointing:
         trainable.transformer.enable_gradient_checkpointing()
     trainable.train()
-    params = [p for p in trainable.parameters() if p.requires_grad]
+    trained_names = [n for n, p in trainable.named_parameters() if p.requires_grad]
+    params = [trainable.get_parameter(n) for n in trained_names]
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if args.use_ema and sharded:
+        raise DataError("--use_ema is not supported with FSDP or DeepSpeed yet (the EMA would see parameter shards).")
     ema = EMAModel(params, decay=args.ema_decay) if args.use_ema else None
+    if accelerator.state.deepspeed_plugin is not None:  # no DataLoader goes through prepare(), so say it here
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.train_batch_size
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
@@ -495,25 +520,19 @@ def main(argv: Optional[List[str]] = None) -> None:
                 f.write(json.dumps({"step": global_step, "loss": step_loss, "seconds": round(seconds, 6)}) + "\n")
         if global_step % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args, global_step)
-        if accelerator.is_main_process and args.validation_prompts and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps):
-            model = accelerator.unwrap_model(trainable)
-            if ema is not None:
-                ema.store(model.parameters())
-                ema.copy_to(model.parameters())
-            model.eval()
-            log_validation(UniPathPipeline(**{**pipe.components, "transformer": model.transformer,
-                                              "dst_encoder": model.dst_encoder, "prototype_adapter": model.prototype_adapter},
-                                           **_pipeline_config(pipe)), args, accelerator, global_step)
-            model.train()
-            if ema is not None:
-                ema.restore(model.parameters())
+        if args.validation_prompts and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps):
+            model = trained_copy(accelerator, trainable, pipe, args, ema, trained_names)
+            if model is not None:
+                log_validation(pipeline_with(pipe, model), args, accelerator, global_step)
+            del model
 
     progress.close()
     if skipped:
         logger.warning(f"Skipped {skipped} unreadable image(s) during training.")
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_final(accelerator, args, pipe, trainable, ema)
+    model = trained_copy(accelerator, trainable, pipe, args, ema, trained_names)
+    if model is not None:
+        save_final(args, pipe, model)
     accelerator.end_training()
 
 
