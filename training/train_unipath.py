@@ -253,18 +253,18 @@ class BatchInputs:
         )
 
     def retrieve_prototypes(self, batch: Dict[str, Any], micro_step: int, positions: List[int]) -> List[torch.Tensor]:
-        """Per sample: the bank's keyword retrieval from its caption, never its own entry."""
+        """Per sample: the bank's retrieval from its caption (as at inference), never the sample's own entry."""
         bank, dim = self.pipe.prototype_bank, self.pipe.prototype_adapter.config.feature_dim
         if "prototype" not in self.streams:
             return [torch.zeros(0, dim) for _ in positions]
         slots = self.pipe.prototype_adapter.config.max_prototypes
         features = []
         for caption, own, position in zip(batch["captions"], batch["bank_ids"], positions):
-            ids = bank.retrieve_by_keywords(
+            chosen = bank.retrieve(
                 caption, limit=slots, exclude=[own] if own is not None else [],
                 generator=step_generator(self.args.seed, micro_step, salt=1 + position),
             )
-            features.append(bank.select(ids))
+            features.append(bank.select([p.id for p in chosen]))
         return features
 
 

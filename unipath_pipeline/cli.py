@@ -140,6 +140,67 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bank_build(args: argparse.Namespace) -> int:
+    from .bank_builder import BankBuildConfig, build_bank
+    from .encoders import load_encoder
+
+    config = BankBuildConfig(
+        size=args.size, min_tissue=args.min_tissue, min_blur=args.min_blur, dedup_distance=args.dedup_distance,
+        shard_size=args.shard_size, batch_size=args.batch_size, min_keyword_count=args.min_keyword_count,
+        max_vocabulary=args.max_vocabulary, seed=args.seed,
+    )
+    encoder = load_encoder(args.encoder, args.device)
+    extractor = load_encoder(args.feature_extractor, args.device) if args.feature_extractor else None
+    bank = build_bank(args.images, args.captions, args.out, encoder, extractor, config, work_dir=args.work_dir)
+    print(f"{args.out}: {bank}")
+    with open(os.path.join(args.out, "build_report.json"), encoding="utf-8") as f:
+        print(f.read().strip())
+    return 0
+
+
+def cmd_bank_retrieve(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+
+    from .encoders import load_encoder
+    from .prototype_bank import PrototypeBank
+
+    bank = PrototypeBank.from_pretrained(args.bank)
+    encoder = load_encoder(args.encoder) if args.encoder else None
+    chosen = bank.retrieve(
+        args.prompt, ids=args.ids or (), keywords=[k for k in (args.keywords or "").split(",") if k.strip()],
+        reference_image=Image.open(args.image).convert("RGB") if args.image else None, encoder=encoder,
+        limit=args.limit, generator=torch.Generator().manual_seed(args.seed),
+    )
+    for item in chosen:
+        entry = bank.entries[item.id]
+        print(f"{item.id:>6}  {'; '.join(item.reasons)}\n        {entry.description[:100]}  [{', '.join(entry.keywords[:6])}]")
+    if not chosen:
+        print("no prototype chosen")
+    return 0
+
+
+def cmd_bank_info(args: argparse.Namespace) -> int:
+    from .prototype_bank import PrototypeBank
+
+    bank = PrototypeBank.from_pretrained(args.bank)
+    print(bank)
+    counts = sorted(bank.keyword_index.items(), key=lambda kv: -len(kv[1]))
+    print("most common keywords: " + ", ".join(f"{k} ({len(v)})" for k, v in counts[:15]))
+    return 0
+
+
+def cmd_terms_normalize(args: argparse.Namespace) -> int:
+    from .lexicon import Lexicon
+
+    lexicon = Lexicon.default()
+    matches = lexicon.find(args.text)
+    print(f"{lexicon.name} {lexicon.version}: {len(matches)} concept mention(s)")
+    for match in matches:
+        print(f"  {match.text!r:32} -> {match.concept.name} [{match.concept.category}] ({match.concept.id})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unipath", description="UniPath pathology image generation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,14 +227,54 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--model", help="a saved pipeline folder, a Hub repo id, or preset:NAME")
     what.add_argument("--preset", help="a preset name (official is built on the meta device)")
     info.set_defaults(func=cmd_info)
+
+    bank = sub.add_parser("bank", help="build and query prototype banks").add_subparsers(dest="bank_command", required=True)
+    build = bank.add_parser("build", help="build a prototype bank from tiles and captions")
+    build.add_argument("--images", required=True, help="folder of tiles")
+    build.add_argument("--captions", required=True, help=".jsonl or .csv with file_name and text")
+    build.add_argument("--out", required=True, help="the bank folder to write")
+    build.add_argument("--size", type=_positive, default=None, help="entries to keep by K-means sampling (default: all)")
+    build.add_argument("--encoder", default="default", help="retrieval encoder: default, clip:ID, open_clip:NAME[:W], timm:NAME")
+    build.add_argument("--feature-extractor", default=None, help="prototype-feature encoder (default: the encoder's images)")
+    build.add_argument("--min-tissue", type=float, default=0.5)
+    build.add_argument("--min-blur", type=float, default=20.0)
+    build.add_argument("--dedup-distance", type=int, default=4, help="perceptual-hash bits (-1: no de-duplication)")
+    build.add_argument("--shard-size", type=_positive, default=1024)
+    build.add_argument("--batch-size", type=_positive, default=32)
+    build.add_argument("--min-keyword-count", type=_positive, default=2)
+    build.add_argument("--max-vocabulary", type=_positive, default=None)
+    build.add_argument("--work-dir", default=None, help="pass-1 shards (default OUT.work); keep it to resume")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--device", default="cpu")
+    build.set_defaults(func=cmd_bank_build)
+    retrieve = bank.add_parser("retrieve", help="show which prototypes a prompt, keywords or an image choose")
+    retrieve.add_argument("--bank", required=True)
+    retrieve.add_argument("--prompt", default=None)
+    retrieve.add_argument("--ids", type=_int_list, default=None)
+    retrieve.add_argument("--keywords", default=None, help="comma-separated bank keywords")
+    retrieve.add_argument("--image", default=None, help="a reference image")
+    retrieve.add_argument("--encoder", default=None, help="the bank's encoder spec (default: the offline default)")
+    retrieve.add_argument("--limit", type=_positive, default=16)
+    retrieve.add_argument("--seed", type=int, default=0)
+    retrieve.set_defaults(func=cmd_bank_retrieve)
+    bank_info = bank.add_parser("info", help="summarise a bank")
+    bank_info.add_argument("--bank", required=True)
+    bank_info.set_defaults(func=cmd_bank_info)
+
+    terms = sub.add_parser("terms", help="pathology terminology").add_subparsers(dest="terms_command", required=True)
+    normalize = terms.add_parser("normalize", help="print the lexicon concepts found in a text")
+    normalize.add_argument("text")
+    normalize.set_defaults(func=cmd_terms_normalize)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .encoders import EncoderUnavailable
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, EncoderUnavailable) as error:
         print(f"unipath {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -51,6 +51,8 @@ class UniPathConditioning:
         spans: `{stream: (start, end)}` the token range of each stream present in `embeds`.
         prototype_ids: per sample, the prototype bank ids whose tokens fill the prototype stream.
         prompts: the prompts the conditioning was encoded from (for records; may be empty).
+        prototype_reasons: per sample and prototype, why it was chosen.
+        attributes: per sample, the prompt's attribute bundle as a dict (may be empty).
     """
 
     embeds: torch.Tensor
@@ -58,6 +60,8 @@ class UniPathConditioning:
     spans: Dict[str, Tuple[int, int]]
     prototype_ids: List[List[int]] = field(default_factory=list)
     prompts: List[str] = field(default_factory=list)
+    prototype_reasons: List[List[List[str]]] = field(default_factory=list)
+    attributes: List[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.embeds.ndim != 3 or self.mask.shape != self.embeds.shape[:2]:
@@ -67,6 +71,10 @@ class UniPathConditioning:
             )
         if not self.prototype_ids:
             self.prototype_ids = [[] for _ in range(len(self))]
+        if not self.prototype_reasons:
+            self.prototype_reasons = [[[] for _ in ids] for ids in self.prototype_ids]
+        if not self.attributes:
+            self.attributes = [{} for _ in range(len(self))]
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -96,9 +104,11 @@ class UniPathConditioning:
             spans[s] = (start, start + b - a)
             start += b - a
         index = torch.cat([torch.arange(a, b) for a, b in pieces]).to(self.embeds.device)
-        ids = self.prototype_ids if "prototype" in streams else [[] for _ in range(len(self))]
+        keep = "prototype" in streams
         return replace(
-            self, embeds=self.embeds[:, index], mask=self.mask[:, index], spans=spans, prototype_ids=ids
+            self, embeds=self.embeds[:, index], mask=self.mask[:, index], spans=spans,
+            prototype_ids=self.prototype_ids if keep else [[] for _ in range(len(self))],
+            prototype_reasons=self.prototype_reasons if keep else [[] for _ in range(len(self))],
         )
 
     def without(self, stream: str) -> "UniPathConditioning":
@@ -136,6 +146,8 @@ class UniPathConditioning:
             mask=self.mask.repeat_interleave(repeats, dim=0),
             prototype_ids=[list(ids) for ids in self.prototype_ids for _ in range(repeats)],
             prompts=[p for p in self.prompts for _ in range(repeats)],
+            prototype_reasons=[r for r in self.prototype_reasons for _ in range(repeats)],
+            attributes=[a for a in self.attributes for _ in range(repeats)],
         )
 
     @staticmethod
@@ -150,13 +162,16 @@ class UniPathConditioning:
             spans=dict(spans),
             prototype_ids=[ids for c in items for ids in c.prototype_ids],
             prompts=[p for c in items for p in c.prompts],
+            prototype_reasons=[r for c in items for r in c.prototype_reasons],
+            attributes=[a for c in items for a in c.attributes],
         )
 
     def save(self, path: str) -> None:
         """Writes the conditioning to a safetensors file (atomically: a temp file, then a rename)."""
         from .io_utils import atomic_save_safetensors
 
-        metadata = {"spans": self.spans, "prototype_ids": self.prototype_ids, "prompts": self.prompts}
+        metadata = {"spans": self.spans, "prototype_ids": self.prototype_ids, "prompts": self.prompts,
+                    "prototype_reasons": self.prototype_reasons, "attributes": self.attributes}
         atomic_save_safetensors({"embeds": self.embeds.contiguous(), "mask": self.mask.contiguous()}, path, metadata)
 
     @classmethod
@@ -166,4 +181,5 @@ class UniPathConditioning:
 
         tensors, metadata = load_safetensors_with_metadata(path, device=device)
         spans = {k: tuple(v) for k, v in metadata["spans"].items()}
-        return cls(tensors["embeds"], tensors["mask"], spans, metadata["prototype_ids"], metadata["prompts"])
+        return cls(tensors["embeds"], tensors["mask"], spans, metadata["prototype_ids"], metadata["prompts"],
+                   metadata.get("prototype_reasons", []), metadata.get("attributes", []))

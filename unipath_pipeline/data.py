@@ -64,23 +64,26 @@ def _check_columns(available: Sequence[str], needed: Dict[str, str], where: str)
             raise DataError(f"{where} has no column {column!r} (set by {argument}); available columns: {sorted(available)}.")
 
 
+def read_metadata_file(path: str) -> List[Dict[str, Any]]:
+    """Rows of a `.jsonl` or `.csv` metadata file."""
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.endswith(".csv"):
+            return list(csv.DictReader(f))
+        rows = []
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}, line {number}: not valid JSON ({error}).") from None
+        return rows
+
+
 def read_metadata(folder: str) -> List[Dict[str, Any]]:
     """Rows of `metadata.jsonl` or `metadata.csv` in `folder` (Hugging Face imagefolder convention)."""
     for name in METADATA_FILES:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            continue
-        with open(path, encoding="utf-8", newline="") as f:
-            if name.endswith(".csv"):
-                return list(csv.DictReader(f))
-            rows = []
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise DataError(f"{path}, line {number}: not valid JSON ({error}).") from None
-            return rows
+        if os.path.isfile(os.path.join(folder, name)):
+            return read_metadata_file(os.path.join(folder, name))
     raise DataError(f"{folder} has no {' or '.join(METADATA_FILES)}; see the imagefolder convention (file_name, text).")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -92,15 +92,20 @@ class DSTEncoder(ModelMixin, ConfigMixin):
         """Width of the tokens this encoder produces."""
         return self.config.cond_dim or self.config.hidden_size
 
-    def tokenize(self, tokenizer, prompts: Sequence[str]) -> DSTTokens:
-        """Tokenizes `prompts` for the raw-text stream and builds the templated DST prefixes."""
+    def tokenize(self, tokenizer, prompts: Sequence[str], text_prompts: Optional[Sequence[str]] = None) -> DSTTokens:
+        """Tokenizes `prompts` for both streams (the raw-text stream may use other `text_prompts`, e.g. a prompt
+        with its attribute bundle appended) and builds the templated DST prefixes."""
         cfg = self.config
         text = tokenizer(
+            list(text_prompts or prompts), padding="max_length", max_length=cfg.max_text_length, truncation=True,
+            return_tensors="pt",
+        )
+        dst_text = text if text_prompts is None else tokenizer(
             list(prompts), padding="max_length", max_length=cfg.max_text_length, truncation=True, return_tensors="pt"
         )
         full_lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=False).input_ids]
         kept = []
-        for prompt, n_tokens, ids, mask in zip(prompts, full_lengths, text.input_ids, text.attention_mask):
+        for prompt, n_tokens, ids, mask in zip(prompts, full_lengths, dst_text.input_ids, dst_text.attention_mask):
             if n_tokens > cfg.max_text_length:
                 shortened = tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
                 logger.warning(

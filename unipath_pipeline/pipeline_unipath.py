@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -14,12 +14,13 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
+from .attributes import AttributeBundle, can_generate, generate_bundle
 from .conditioning import STREAMS, UniPathConditioning, assemble_conditioning, check_stream_names
 from .dst_encoder import DSTEncoder
 from .latents import check_latent_convention, denormalize_latents
 from .lora import UniPathLoraLoaderMixin
 from .prototype_adapter import PrototypeAdapter
-from .prototype_bank import PrototypeBank
+from .prototype_bank import PrototypeBank, RetrievedPrototype
 
 logger = logging.get_logger(__name__)
 
@@ -46,14 +47,50 @@ class UniPathPipelineOutput(BaseOutput):
             for `output_type="latent"`).
         prototype_ids: for each image, the prototype bank ids that conditioned it.
         streams: the condition streams that were used.
+        prototypes: for each image, the prototypes used and why each was chosen.
+        attributes: for each image, its prompt's attribute bundle (`AttributeBundle.as_dict()`).
     """
 
     images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
     prototype_ids: List[List[int]]
     streams: tuple
+    prototypes: List[List[RetrievedPrototype]]
+    attributes: List[Dict[str, Any]]
 
 
 PromptIds = Optional[Union[Sequence[int], Sequence[Sequence[int]]]]
+PromptKeywords = Optional[Union[Sequence[str], Sequence[Sequence[str]]]]
+PromptImages = Optional[Union[PIL.Image.Image, Sequence[Optional[PIL.Image.Image]]]]
+
+
+def retrieval_generator(generator) -> Optional[torch.Generator]:
+    """A generator for retrieval sampling seeded like the call's, so retrieval never shifts the latents' noise."""
+    first = generator[0] if isinstance(generator, list) else generator
+    return None if first is None else torch.Generator().manual_seed(first.initial_seed())
+
+
+@dataclass
+class PrototypeChoice:
+    """What one prompt asks of the prototype bank."""
+
+    ids: List[int] = field(default_factory=list)
+    keywords: List[str] = field(default_factory=list)
+    image: Optional[PIL.Image.Image] = None
+    retrieve: bool = False
+
+
+def _per_prompt(value, batch: int, argument: str, is_item_list) -> list:
+    """`None` -> empty lists; a flat list -> the same list for every prompt; a list of lists -> one per prompt."""
+    if value is None:
+        return [[] for _ in range(batch)]
+    if isinstance(value, str):
+        raise ValueError(f"`{argument}` must be a list, not a string.")
+    items = list(value)
+    if items and all(is_item_list(v) for v in items):
+        if len(items) != batch:
+            raise ValueError(f"`{argument}` has {len(items)} lists but there are {batch} prompts.")
+        return [list(v) for v in items]
+    return [list(items) for _ in range(batch)]
 
 
 class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
@@ -115,6 +152,7 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
             prototype_bank=prototype_bank,
         )
         self.register_to_config(latent_convention=latent_convention, integer_timesteps=integer_timesteps)
+        self.prototype_encoder = None  # retrieval encoder; None: the bank's offline default when it has one
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
@@ -149,6 +187,9 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         stream_guidance: Optional[Dict[str, float]],
         streams: tuple,
         prototype_ids: PromptIds,
+        prototype_keywords: PromptKeywords,
+        prototype_image: PromptImages,
+        retrieve: Optional[bool],
         num_images_per_prompt: int,
         latents: Optional[torch.Tensor],
         conditioning: Optional[UniPathConditioning],
@@ -190,21 +231,20 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
                     "a precomputed `conditioning=` or load a pipeline with its understanding model."
                 )
             batch = len(prompts)
-            ids = self.normalize_prototype_ids(prototype_ids, batch)
-            if "prototype" not in streams and any(ids):
-                raise ValueError("`prototype_ids` were given but the 'prototype' stream is off in `streams`.")
-            if streams == ("prototype",) and not all(ids):
-                raise ValueError("`streams=('prototype',)` needs at least one prototype id per prompt.")
-            if any(ids):
-                self.check_prototype_ids(ids)
+            self.prototype_choices(prompts, prototype_ids, prototype_keywords, prototype_image, retrieve)
+            given = [name for name, value in (("prototype_ids", prototype_ids), ("prototype_keywords", prototype_keywords),
+                                              ("prototype_image", prototype_image), ("retrieve", retrieve)) if value]
+            if "prototype" not in streams and given:
+                raise ValueError(f"`{'`, `'.join(given)}` given but the 'prototype' stream is off in `streams`.")
         else:
             batch = len(conditioning)
             if prompt is not None:
                 n = 1 if isinstance(prompt, str) else len(prompt)
                 if n != batch:
                     raise ValueError(f"`prompt` has {n} entries but `conditioning` has batch size {batch}; they must match.")
-            if prototype_ids is not None:
-                raise ValueError("`prototype_ids` cannot be combined with `conditioning`: its prototypes are fixed.")
+            if any(x is not None for x in (prototype_ids, prototype_keywords, prototype_image, retrieve)):
+                raise ValueError("`prototype_ids`, `prototype_keywords`, `prototype_image` and `retrieve` cannot be combined "
+                                 "with `conditioning`: its prototypes are fixed.")
             missing = [s for s in streams if s not in conditioning.spans]
             if missing:
                 raise ValueError(f"`streams` asks for {missing}, but `conditioning` holds only {list(conditioning.streams)}.")
@@ -222,30 +262,79 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
     @staticmethod
     def normalize_prototype_ids(prototype_ids: PromptIds, batch: int) -> List[List[int]]:
         """`None`, one list for every prompt, or one list per prompt -> one list per prompt."""
-        if prototype_ids is None:
-            return [[] for _ in range(batch)]
-        ids = list(prototype_ids)
-        if all(isinstance(i, (list, tuple)) for i in ids) and ids:
-            if len(ids) != batch:
-                raise ValueError(f"`prototype_ids` has {len(ids)} lists but there are {batch} prompts.")
-            return [list(i) for i in ids]
-        return [list(ids) for _ in range(batch)]
+        return _per_prompt(prototype_ids, batch, "prototype_ids", lambda v: isinstance(v, (list, tuple)))
 
-    def check_prototype_ids(self, ids: List[List[int]]) -> None:
-        """Checks bank presence, id range, slot count and feature width; raises `ValueError`."""
-        if self.prototype_bank is None:
-            raise ValueError("`prototype_ids` were given but this pipeline has no `prototype_bank`; load or pass one.")
+    def prototype_choices(
+        self,
+        prompts: List[str],
+        prototype_ids: PromptIds = None,
+        prototype_keywords: PromptKeywords = None,
+        prototype_image: PromptImages = None,
+        retrieve: Optional[bool] = None,
+    ) -> List[PrototypeChoice]:
+        """One validated `PrototypeChoice` per prompt; raises `ValueError` naming the argument.
+
+        `retrieve=None` retrieves from the prompt exactly when nothing was chosen explicitly for it (and a bank is
+        loaded); `True` adds retrieval to an explicit choice; `False` never retrieves.
+        """
+        batch = len(prompts)
+        ids = self.normalize_prototype_ids(prototype_ids, batch)
+        keywords = _per_prompt(prototype_keywords, batch, "prototype_keywords", lambda v: isinstance(v, (list, tuple)))
+        images = prototype_image if isinstance(prototype_image, (list, tuple)) else [prototype_image] * batch
+        if len(images) != batch:
+            raise ValueError(f"`prototype_image` has {len(images)} images but there are {batch} prompts.")
+        if any(im is not None and not isinstance(im, PIL.Image.Image) for im in images):
+            raise ValueError("`prototype_image` must be a PIL image, or one PIL image (or None) per prompt.")
+        bank = self.prototype_bank
+        wanted = any(ids) or any(keywords) or any(im is not None for im in images) or retrieve
+        if bank is None:
+            if wanted:
+                raise ValueError("Prototypes were asked for but this pipeline has no `prototype_bank`; load or pass one.")
+            return [PrototypeChoice() for _ in prompts]
         slots = self.prototype_adapter.config.max_prototypes
-        for sample_ids in ids:
-            self.prototype_bank.check_ids(sample_ids)
+        for sample_ids, sample_keywords in zip(ids, keywords):
+            bank.check_ids(sample_ids)
             if len(sample_ids) > slots:
                 raise ValueError(f"`prototype_ids` allows at most {slots} ids per prompt; got {len(sample_ids)}.")
-        expected = self.prototype_adapter.config.feature_dim
-        if self.prototype_bank.feature_dim != expected:
+            unknown = [k for k in sample_keywords if k.strip().lower() not in bank.keyword_index]
+            if unknown:
+                raise ValueError(f"`prototype_keywords` {unknown} are not in the bank's vocabulary (e.g. {bank.vocabulary[:5]}).")
+        if any(im is not None for im in images) and bank.image_features is None:
+            raise ValueError("`prototype_image` needs a bank with image retrieval features; build one with `unipath bank build`.")
+        if bank.feature_dim != self.prototype_adapter.config.feature_dim:
             raise ValueError(
-                f"The prototype bank's features are {self.prototype_bank.feature_dim}-d but the prototype adapter "
-                f"expects feature_dim={expected}; use a bank built with the same feature extractor."
+                f"The prototype bank's features are {bank.feature_dim}-d but the prototype adapter expects "
+                f"feature_dim={self.prototype_adapter.config.feature_dim}; use a bank built with the same feature extractor."
             )
+        return [
+            PrototypeChoice(i, k, im, (not (i or k or im is not None)) if retrieve is None else retrieve)
+            for i, k, im in zip(ids, keywords, images)
+        ]
+
+    def choose_prototypes(
+        self, prompts: List[str], choices: List[PrototypeChoice], generator: Optional[torch.Generator] = None
+    ) -> List[List[RetrievedPrototype]]:
+        """Runs the bank's retrieval for each prompt (explicit choices first), capped at the adapter's slot count."""
+        if self.prototype_bank is None:
+            return [[] for _ in prompts]
+        return [
+            self.prototype_bank.retrieve(
+                prompt if choice.retrieve else None, ids=choice.ids, keywords=choice.keywords,
+                reference_image=choice.image, encoder=self.prototype_encoder,
+                limit=self.prototype_adapter.config.max_prototypes, generator=generator,
+            )
+            for prompt, choice in zip(prompts, choices)
+        ]
+
+    def expand_prompt(self, prompt: str, use_mllm: bool = True) -> AttributeBundle:
+        """The prompt as an explicit attribute bundle (tissue, architecture, cytology, stroma, inflammation, stain,
+        other): from the MLLM's own generation when it is a generative chat model and `use_mllm`, else (or when its
+        answer cannot be parsed) from the pathology lexicon; `bundle.source` says which."""
+        if use_mllm and self.mllm is not None and can_generate(self.mllm, self.tokenizer):
+            bundle = generate_bundle(self.mllm, self.tokenizer, prompt, self.dst_encoder.config.system_prompt)
+            if bundle is not None:
+                return bundle
+        return AttributeBundle.from_lexicon(prompt)
 
     # ------------------------------------------------------------------------------------------------------------
     # Encoding: the MLLM runs once per call, never per step.
@@ -257,8 +346,14 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         streams: Sequence[str] = STREAMS,
         prototype_ids: PromptIds = None,
         device: Optional[torch.device] = None,
+        prototype_keywords: PromptKeywords = None,
+        prototype_image: PromptImages = None,
+        retrieve: Optional[bool] = None,
+        append_attributes: bool = False,
+        generate_attributes: bool = False,
+        generator: Optional[torch.Generator] = None,
     ) -> UniPathConditioning:
-        """Encodes prompts (and chosen prototypes) into one masked condition sequence.
+        """Encodes prompts, their attribute bundles and their prototypes into one masked condition sequence.
 
         The result can be passed back as `conditioning=` so that the MLLM is skipped. One MLLM forward encodes the
         whole batch (only when the 'dst' stream is asked for).
@@ -266,25 +361,41 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         Args:
             prompt: the prompt or prompts.
             streams: the streams to encode, any of 'text', 'dst', 'prototype'.
-            prototype_ids: bank ids for the prototype stream: one list for every prompt, or one list per prompt.
+            prototype_ids: bank ids: one list for every prompt, or one list per prompt.
             device: where the result lives; defaults to the pipeline's execution device.
+            prototype_keywords: bank keywords (one list for every prompt, or one per prompt); entries carrying them are used.
+            prototype_image: a reference image (or one per prompt); its nearest bank entries are used.
+            retrieve: retrieve from the prompt (see `prototype_choices`).
+            append_attributes: append the attribute bundle to the raw-text stream.
+            generate_attributes: make the bundle with the MLLM's generation (`expand_prompt`) instead of the lexicon.
+            generator: seeds the keyword sampling of the retrieval.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         streams = check_stream_names(streams)
         device = device or self._execution_device
-        ids = self.normalize_prototype_ids(prototype_ids, len(prompts))
+        attributes = [self.expand_prompt(p, use_mllm=generate_attributes) for p in prompts]
         parts: Dict[str, tuple] = {}
         mllm_streams = [s for s in streams if s in ("text", "dst")]
         if mllm_streams:
-            tokens = self.dst_encoder.tokenize(self.tokenizer, prompts)
+            text_prompts = [f"{p}. {a.as_text()}" if append_attributes and a.as_text() else p for p, a in zip(prompts, attributes)]
+            tokens = self.dst_encoder.tokenize(self.tokenizer, prompts, text_prompts=text_prompts)
             parts.update(self.dst_encoder(self.mllm, tokens, mllm_streams))
+        chosen: List[List[RetrievedPrototype]] = [[] for _ in prompts]
         if "prototype" in streams:
-            if any(ids):
-                self.check_prototype_ids(ids)
-            features = [self.prototype_bank.select(i) if i else torch.zeros(0, self.prototype_adapter.config.feature_dim) for i in ids]
+            choices = self.prototype_choices(prompts, prototype_ids, prototype_keywords, prototype_image, retrieve)
+            chosen = self.choose_prototypes(prompts, choices, generator)
+            dim = self.prototype_adapter.config.feature_dim
+            features = [self.prototype_bank.select([c.id for c in row]) if row else torch.zeros(0, dim) for row in chosen]
             parts["prototype"] = self.prototype_adapter(features)
-
-        return assemble_conditioning(parts, ids, prompts, device=device, dtype=self.transformer.dtype)
+        conditioning = assemble_conditioning(
+            parts, [[c.id for c in row] for row in chosen], prompts, device=device, dtype=self.transformer.dtype
+        )
+        conditioning.prototype_reasons = [[c.reasons for c in row] for row in chosen]
+        conditioning.attributes = [a.as_dict() for a in attributes]
+        empty = [prompts[i] for i in range(len(prompts)) if not conditioning.mask[i].any()]
+        if empty:
+            raise ValueError(f"No condition token is left for {empty}: `streams={streams}` chose no prototype for them.")
+        return conditioning
 
     def guidance_branches(
         self, conditioning: UniPathConditioning, guidance_scale: float, stream_guidance: Dict[str, float]
@@ -349,6 +460,11 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         stream_guidance: Optional[Dict[str, float]] = None,
         streams: Sequence[str] = STREAMS,
         prototype_ids: PromptIds = None,
+        prototype_keywords: PromptKeywords = None,
+        prototype_image: PromptImages = None,
+        retrieve: Optional[bool] = None,
+        append_attributes: bool = False,
+        generate_attributes: bool = False,
         num_images_per_prompt: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
@@ -372,6 +488,12 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
             streams: the streams to condition on, any of 'text', 'dst', 'prototype'; the others are cut out.
             prototype_ids: prototype bank ids for the prototype stream: one list used for every prompt, or one list
                 per prompt; at most `prototype_adapter.config.max_prototypes` each.
+            prototype_keywords: bank keywords (one list for every prompt, or one per prompt): entries carrying them.
+            prototype_image: a reference image (or one per prompt): its nearest bank entries.
+            retrieve: retrieve prototypes from the prompt as the original did (text->text, text->image, keyword
+                recall). `None`: only for prompts with no explicit choice; `True`: also with one; `False`: never.
+            append_attributes: append the prompt's attribute bundle to the raw-text stream.
+            generate_attributes: build the attribute bundle with the MLLM's own generation (else the lexicon).
             num_images_per_prompt: images per prompt.
             generator: a `torch.Generator` or one per image, for reproducible noise.
             latents: initial noise `[batch * num_images_per_prompt, C, H / f, W / f]`.
@@ -395,14 +517,18 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         stream_guidance = dict(stream_guidance or {})
         self.check_inputs(
             prompt, height, width, num_inference_steps, guidance_scale, stream_guidance, streams, prototype_ids,
-            num_images_per_prompt, latents, conditioning, output_type, callback_on_step_end_tensor_inputs,
+            prototype_keywords, prototype_image, retrieve, num_images_per_prompt, latents, conditioning, output_type,
+            callback_on_step_end_tensor_inputs,
         )
         self._interrupt = False
         device, dtype = self._execution_device, self.transformer.dtype
 
         # 2. Encode the prompt once (or take the precomputed conditioning), then repeat per image.
         if conditioning is None:
-            conditioning = self.encode_prompt(prompt, streams=streams, prototype_ids=prototype_ids, device=device)
+            conditioning = self.encode_prompt(
+                prompt, streams, prototype_ids, device, prototype_keywords, prototype_image, retrieve,
+                append_attributes, generate_attributes, generator=retrieval_generator(generator),
+            )
         conditioning = conditioning.select(streams).to(device=device, dtype=dtype)
         conditioning = conditioning.repeat_interleave(num_images_per_prompt)
         branches, branch_names = self.guidance_branches(conditioning, guidance_scale, stream_guidance)
@@ -454,5 +580,7 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, conditioning.prototype_ids
-        return UniPathPipelineOutput(images=images, prototype_ids=conditioning.prototype_ids, streams=streams)
+        prototypes = [[RetrievedPrototype(i, list(r)) for i, r in zip(ids, reasons)]
+                      for ids, reasons in zip(conditioning.prototype_ids, conditioning.prototype_reasons)]
+        return UniPathPipelineOutput(images, conditioning.prototype_ids, streams, prototypes, conditioning.attributes)
 

@@ -1,4 +1,10 @@
-"""Prototype bank: morphology components with keywords, descriptions and feature vectors."""
+"""Prototype bank: morphology components with keywords, descriptions, retrieval features and prototype features.
+
+Retrieval reproduces the original UniPath (the union of text->text top-k, text->image top-k and keyword recall,
+capped at the slot count) and adds explicit ids, explicit keywords and a reference image. Keyword recall is
+harmonised through the pathology lexicon: "dark nuclei" in a prompt recalls entries keyed "hyperchromatic nuclei".
+Every chosen prototype records why it was chosen.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import PIL.Image
 import torch
 
 from .io_utils import atomic_save_safetensors, atomic_write_json
@@ -18,50 +25,101 @@ FEATURES_FILE = "features.safetensors"
 FORMAT_VERSION = 1
 
 
+def keyword_pattern(keywords: Iterable[str]) -> Optional[re.Pattern]:
+    """A regex finding `keywords` case-insensitively as whole words, longest first (so non-overlapping)."""
+    keywords = sorted(set(keywords), key=len, reverse=True)
+    if not keywords:
+        return None
+    return re.compile(rf"(?<!\w)(?:{'|'.join(re.escape(k) for k in keywords)})(?!\w)", re.IGNORECASE)
+
+
 @dataclass
 class PrototypeEntry:
-    """One bank entry. `id` is its row in the bank (0-based)."""
+    """One bank entry. `id` is its row in the bank (0-based); `source` names the tile it came from."""
 
     id: int
     keywords: List[str] = field(default_factory=list)
     description: str = ""
+    source: str = ""
+
+
+@dataclass
+class RetrievedPrototype:
+    """A chosen prototype and every reason it was chosen (e.g. `"text->text 0.83"`, `"keyword 'gland'"`)."""
+
+    id: int
+    reasons: List[str]
 
 
 class PrototypeBank:
-    """A prototype bank: `N` entries and an `[N, feature_dim]` matrix of prototype features.
+    """`N` entries with `[N, feature_dim]` prototype features and optional retrieval features and thumbnails.
 
-    Saved as a pipeline component folder: `bank.json` (entries) and `features.safetensors` (features).
-    Choose prototypes by id with `select(ids)`.
+    Saved as a pipeline component folder: `bank.json` (entries, vocabulary, encoder names) and `features.safetensors`
+    (`features`, optional `text_features`, `image_features`, `thumbnails`).
 
     Args:
-        entries: the entries; entry `i` must have `id == i`.
-        features: `[N, feature_dim]` prototype features, one row per entry.
+        entries: the entries; entry `i` must have `id == i`; its keywords must be in `vocabulary`.
+        features: `[N, feature_dim]` prototype features (the adapter's input).
+        text_features: `[N, d]` L2-normalised retrieval features of the descriptions (from `encoder`).
+        image_features: `[N, d]` L2-normalised retrieval features of the tiles (from `encoder`).
+        thumbnails: `[N, h, w, 3]` uint8 tiles, for reports and UIs.
+        vocabulary: the keyword vocabulary; defaults to the entries' keywords.
+        encoder: name of the encoder that made the retrieval features (queries must use the same one).
+        feature_extractor: name of the model that made the prototype features.
     """
 
-    def __init__(self, entries: Sequence[PrototypeEntry], features: torch.Tensor):
+    def __init__(
+        self,
+        entries: Sequence[PrototypeEntry],
+        features: torch.Tensor,
+        text_features: Optional[torch.Tensor] = None,
+        image_features: Optional[torch.Tensor] = None,
+        thumbnails: Optional[torch.Tensor] = None,
+        vocabulary: Optional[Sequence[str]] = None,
+        encoder: Optional[str] = None,
+        feature_extractor: Optional[str] = None,
+    ):
         entries = [e if isinstance(e, PrototypeEntry) else PrototypeEntry(**e) for e in entries]
         if features.ndim != 2:
             raise ValueError(f"`features` must be [num_entries, feature_dim]; got shape {tuple(features.shape)}.")
         if len(entries) != features.shape[0]:
             raise ValueError(f"The bank has {len(entries)} entries but {features.shape[0]} feature rows.")
+        for name, tensor, ndim in (("text_features", text_features, 2), ("image_features", image_features, 2), ("thumbnails", thumbnails, 4)):
+            if tensor is not None and (tensor.ndim != ndim or tensor.shape[0] != len(entries)):
+                raise ValueError(f"`{name}` must have {ndim} dimensions and {len(entries)} rows; got shape {tuple(tensor.shape)}.")
         bad = [(i, e.id) for i, e in enumerate(entries) if e.id != i]
         if bad:
             raise ValueError(f"Entry ids must equal their row (0..{len(entries) - 1}); mismatches (row, id): {bad[:5]}.")
         if not torch.isfinite(features).all():
             raise ValueError("`features` contains NaN or infinite values.")
+        keywords = {k.lower() for e in entries for k in e.keywords}
+        self.vocabulary: List[str] = sorted(keywords) if vocabulary is None else [v.lower() for v in vocabulary]
+        unknown = sorted(keywords - set(self.vocabulary))
+        if unknown:
+            raise ValueError(f"Entry keywords missing from the vocabulary (inverted index inconsistent): {unknown[:5]}.")
+        if (text_features is not None or image_features is not None) and not encoder:
+            raise ValueError("Retrieval features need `encoder`, the name of the encoder that made them.")
         self.entries: List[PrototypeEntry] = entries
         self.features = features.float()
+        self.text_features = None if text_features is None else text_features.float()
+        self.image_features = None if image_features is None else image_features.float()
+        self.thumbnails = thumbnails
+        self.encoder, self.feature_extractor = encoder, feature_extractor
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __repr__(self) -> str:
-        return f"PrototypeBank(entries={len(self)}, feature_dim={self.feature_dim})"
+        return f"PrototypeBank(entries={len(self)}, feature_dim={self.feature_dim}, vocabulary={len(self.vocabulary)}, encoder={self.encoder!r})"
 
     @property
     def feature_dim(self) -> int:
         """Width of a prototype feature."""
         return self.features.shape[1]
+
+    # --------------------------------------------------------------------------------------------------------------
+    # Choosing entries
+    # --------------------------------------------------------------------------------------------------------------
 
     def check_ids(self, ids: Iterable[int], argument: str = "prototype_ids") -> List[int]:
         """Returns `ids` as ints, or raises `ValueError` naming `argument` and the valid range."""
@@ -79,56 +137,172 @@ class PrototypeBank:
     @cached_property
     def keyword_index(self) -> Dict[str, List[int]]:
         """The inverted index: lower-cased keyword -> ids of the entries that carry it."""
-        index: Dict[str, List[int]] = {}
+        index: Dict[str, List[int]] = {k: [] for k in self.vocabulary}
         for entry in self.entries:
             for keyword in dict.fromkeys(k.strip().lower() for k in entry.keywords if k.strip()):
-                index.setdefault(keyword, []).append(entry.id)
-        return index
+                index[keyword].append(entry.id)
+        return {k: ids for k, ids in index.items() if ids}
 
     @cached_property
     def _keyword_pattern(self) -> Optional[re.Pattern]:
-        if not self.keyword_index:
-            return None
-        alternatives = "|".join(re.escape(k) for k in sorted(self.keyword_index, key=len, reverse=True))
-        return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+        return keyword_pattern(self.keyword_index)
 
-    def match_keywords(self, text: str) -> List[str]:
-        """Keywords found in `text`: case-insensitive, whole words, longest first, non-overlapping, in text order."""
-        if self._keyword_pattern is None:
-            return []
-        return list(dict.fromkeys(m.group(0).lower() for m in self._keyword_pattern.finditer(text)))
+    @cached_property
+    def _keywords_by_concept(self) -> Dict[str, List[str]]:
+        from .lexicon import Lexicon
+
+        lexicon, by_concept = Lexicon.default(), {}
+        for keyword in self.keyword_index:
+            for concept in lexicon.normalize(keyword):
+                by_concept.setdefault(concept.id, []).append(keyword)
+        return by_concept
+
+    def match_keywords(self, text: str, harmonize: bool = True) -> Dict[str, str]:
+        """Bank keywords recalled by `text`, in text order, each with how it was found.
+
+        Literal matches are case-insensitive, whole words, longest first and non-overlapping. With `harmonize`,
+        a pathology concept found in `text` (lexicon synonyms, e.g. "dark nuclei") also recalls the bank keywords
+        that name the same concept (e.g. "hyperchromatic nuclei").
+        """
+        found: Dict[str, str] = {}
+        if self._keyword_pattern is not None:
+            for m in self._keyword_pattern.finditer(text):
+                found.setdefault(m.group(0).lower(), f"keyword '{m.group(0).lower()}'")
+        if harmonize:
+            from .lexicon import Lexicon
+
+            for match in Lexicon.default().find(text):
+                for keyword in self._keywords_by_concept.get(match.concept.id, []):
+                    found.setdefault(keyword, f"keyword '{keyword}' (concept '{match.concept.name}' from '{match.text}')")
+        return found
 
     def retrieve_by_keywords(
         self,
         text: str,
         max_keywords: int = 4,
         per_keyword: int = 2,
+        exclude: Iterable[int] = (),
+        generator: Optional[torch.Generator] = None,
+    ) -> List[RetrievedPrototype]:
+        """The original's keyword recall: keep the `max_keywords` rarest keywords recalled by `text` and sample
+        `per_keyword` entries for each (with `generator`), never an id in `exclude`."""
+        excluded, chosen = set(exclude), {}
+        recalled = self.match_keywords(text)
+        for keyword in sorted(recalled, key=lambda k: len(self.keyword_index[k]))[:max_keywords]:
+            candidates = [i for i in self.keyword_index[keyword] if i not in excluded and i not in chosen]
+            order = torch.randperm(len(candidates), generator=generator).tolist()
+            for j in order[:per_keyword]:
+                chosen[candidates[j]] = RetrievedPrototype(candidates[j], [recalled[keyword]])
+        return list(chosen.values())
+
+    def retrieve(
+        self,
+        prompt: Optional[str] = None,
+        *,
+        ids: Sequence[int] = (),
+        keywords: Sequence[str] = (),
+        reference_image: Optional[PIL.Image.Image] = None,
+        encoder=None,
+        text_top_k: int = 4,
+        image_top_k: int = 4,
+        max_keywords: int = 4,
+        per_keyword: int = 2,
         limit: int = 16,
         exclude: Iterable[int] = (),
         generator: Optional[torch.Generator] = None,
-    ) -> List[int]:
-        """The original's keyword recall: keep the `max_keywords` rarest keywords found in `text` and sample
-        `per_keyword` entries for each (with `generator`), never an id in `exclude`; at most `limit` ids."""
-        excluded, chosen = set(exclude), []
-        keywords = sorted(self.match_keywords(text), key=lambda k: len(self.keyword_index[k]))[:max_keywords]
+    ) -> List[RetrievedPrototype]:
+        """Chooses up to `limit` prototypes, each with its reasons; deterministic for a fixed `generator`.
+
+        In order of priority: explicit `ids`; entries carrying the explicit `keywords` (`per_keyword` sampled each);
+        the `image_top_k` entries nearest to `reference_image`; then from `prompt`, as the original: text->text
+        top-`text_top_k` (prompt against descriptions), text->image top-`image_top_k` (only with a joint text-image
+        encoder such as CONCH), and keyword recall. Retrieval features need `encoder` (the one that built the bank);
+        a bank without retrieval features uses keyword recall only.
+        """
+        excluded = set(exclude)
+        chosen: Dict[int, RetrievedPrototype] = {}
+
+        def add(items: Iterable[RetrievedPrototype]) -> None:
+            for item in items:
+                if item.id in excluded:
+                    continue
+                if item.id in chosen:
+                    chosen[item.id].reasons.extend(r for r in item.reasons if r not in chosen[item.id].reasons)
+                else:
+                    chosen[item.id] = RetrievedPrototype(item.id, list(item.reasons))
+
+        add(RetrievedPrototype(i, ["explicit id"]) for i in self.check_ids(ids, "ids"))
         for keyword in keywords:
-            candidates = [i for i in self.keyword_index[keyword] if i not in excluded and i not in chosen]
-            order = torch.randperm(len(candidates), generator=generator).tolist()
-            chosen.extend(candidates[j] for j in order[:per_keyword])
-        return chosen[:limit]
+            key = keyword.strip().lower()
+            if key not in self.keyword_index:
+                raise ValueError(f"`keywords` has {keyword!r}, which is not in the bank's vocabulary of {len(self.vocabulary)} keywords.")
+            candidates = [i for i in self.keyword_index[key] if i not in excluded]
+            order = torch.randperm(len(candidates), generator=generator).tolist()[:per_keyword]
+            add(RetrievedPrototype(candidates[j], [f"requested keyword '{key}'"]) for j in order)
+        if reference_image is not None:
+            query = self._encoder(encoder, "image").encode_image([reference_image])[0]
+            add(self._nearest(query, self._features("image"), image_top_k, "reference image"))
+        if prompt:
+            if self.text_features is not None:
+                query = self._encoder(encoder, "text").encode_text([prompt])[0]
+                add(self._nearest(query, self.text_features, text_top_k, "text->text"))
+                if self.image_features is not None and self._encoder(encoder, "text").joint_space:
+                    add(self._nearest(query, self.image_features, image_top_k, "text->image"))
+            add(self.retrieve_by_keywords(prompt, max_keywords, per_keyword, excluded, generator))
+        return list(chosen.values())[:limit]
+
+    def _features(self, kind: str) -> torch.Tensor:
+        features = self.image_features if kind == "image" else self.text_features
+        if features is None:
+            raise ValueError(f"This bank has no {kind} retrieval features; rebuild it with `unipath bank build`.")
+        return features
+
+    def _encoder(self, encoder, modality: str):
+        if encoder is None:
+            from .encoders import DEFAULT_ENCODER_NAME, EncoderUnavailable, default_encoder
+
+            if self.encoder != DEFAULT_ENCODER_NAME:
+                raise EncoderUnavailable(
+                    f"{modality} retrieval in this bank needs its encoder {self.encoder!r}; pass `encoder=` "
+                    "(see unipath_pipeline.encoders.load_encoder)."
+                )
+            encoder = default_encoder()
+        if encoder.name != self.encoder:
+            from .encoders import EncoderUnavailable
+
+            raise EncoderUnavailable(f"The bank was built with encoder {self.encoder!r}, not {encoder.name!r}; queries must use the same one.")
+        return encoder
+
+    @staticmethod
+    def _nearest(query: torch.Tensor, keys: torch.Tensor, k: int, label: str) -> List[RetrievedPrototype]:
+        from .encoders import cosine_top_k
+
+        return [RetrievedPrototype(i, [f"{label} {score:.3f}"]) for i, score in cosine_top_k(query, keys, k)]
+
+    # --------------------------------------------------------------------------------------------------------------
+    # Saving and loading
+    # --------------------------------------------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
-        """Writes `bank.json` and `features.safetensors` into `save_directory` (each atomically)."""
+        """Writes `features.safetensors` then `bank.json` into `save_directory` (each atomically)."""
         os.makedirs(save_directory, exist_ok=True)
-        atomic_save_safetensors({"features": self.features}, os.path.join(save_directory, FEATURES_FILE))
+        tensors = {"features": self.features}
+        for name in ("text_features", "image_features", "thumbnails"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        atomic_save_safetensors(tensors, os.path.join(save_directory, FEATURES_FILE))
         atomic_write_json(
-            {"format_version": FORMAT_VERSION, "feature_dim": self.feature_dim, "entries": [asdict(e) for e in self.entries]},
+            {
+                "format_version": FORMAT_VERSION, "feature_dim": self.feature_dim, "num_entries": len(self),
+                "encoder": self.encoder, "feature_extractor": self.feature_extractor, "vocabulary": self.vocabulary,
+                "entries": [asdict(e) for e in self.entries],
+            },
             os.path.join(save_directory, BANK_FILE),
         )
 
     @classmethod
     def from_pretrained(cls, pretrained_path: str, subfolder: Optional[str] = None, **kwargs) -> "PrototypeBank":
-        """Loads a bank folder written by `save_pretrained` (a local folder, or a Hub repo id with `subfolder`)."""
+        """Loads and validates a bank folder (a local folder, or a Hub repo id; `subfolder` inside either)."""
         folder = os.path.join(pretrained_path, subfolder) if subfolder else pretrained_path
         if not os.path.isdir(folder):
             from huggingface_hub import snapshot_download
@@ -145,7 +319,14 @@ class PrototypeBank:
             raise ValueError(f"{bank_path}: unsupported format_version {meta.get('format_version')!r}.")
         from safetensors.torch import load_file
 
-        features = load_file(features_path)["features"]
-        if features.shape[1] != meta["feature_dim"]:
-            raise ValueError(f"{features_path}: feature width {features.shape[1]} != feature_dim {meta['feature_dim']}.")
-        return cls([PrototypeEntry(**e) for e in meta["entries"]], features)
+        tensors = load_file(features_path)
+        if tensors["features"].shape[1] != meta["feature_dim"]:
+            raise ValueError(f"{features_path}: feature width {tensors['features'].shape[1]} != feature_dim {meta['feature_dim']}.")
+        try:
+            return cls(
+                [PrototypeEntry(**e) for e in meta["entries"]], tensors["features"], tensors.get("text_features"),
+                tensors.get("image_features"), tensors.get("thumbnails"), meta.get("vocabulary"), meta.get("encoder"),
+                meta.get("feature_extractor"),
+            )
+        except ValueError as error:
+            raise ValueError(f"{folder}: invalid prototype bank: {error}") from None
