@@ -13,7 +13,7 @@ def test_generate_writes_images_with_the_requested_size(tmp_path, capsys):
     assert rc == 0
     paths = [tmp_path / "tiles" / "tile-000.png", tmp_path / "tiles" / "tile-001.png"]
     assert all(Image.open(p).size == (24, 16) for p in paths)
-    assert "prototypes [1, 2]" in capsys.readouterr().out
+    assert "prototype 1: explicit id" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "tiles").iterdir()) == ["tile-000.png", "tile-001.png"]
 
 

@@ -194,3 +194,17 @@ def test_cli_bank_and_terms(built_bank, capsys):
     assert main(["bank", "info", "--bank", str(root / "bank")]) == 0
     assert "entries=10" in capsys.readouterr().out
     assert main(["bank", "retrieve", "--bank", str(root / "bank"), "--keywords", "unicorn"]) == 2
+
+
+def test_cli_generate_with_a_bank_keywords_and_a_reference_image(built_bank, tmp_path, capsys):
+    bank, root = built_bank
+    out = tmp_path / "x.png"
+    assert main(["generate", "--model", "preset:tiny", "--bank", str(root / "bank"), "--prompt", "dark nuclei",
+                 "--steps", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "text->text" in printed and "cytology: hyperchromatic nuclei" in printed and out.is_file()
+    assert main(["generate", "--model", "preset:tiny", "--bank", str(root / "bank"), "--prompt", "x", "--steps", "1",
+                 "--prototype-image", str(root / "tiles" / bank.entries[5].source), "--no-retrieve",
+                 "--prototype-keywords", "necrosis", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "reference image" in printed and "requested keyword 'necrosis'" in printed

@@ -67,8 +67,17 @@ def save_image_atomically(image, path: str) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
+    from PIL import Image
 
+    from .encoders import load_encoder
+    from .prototype_bank import PrototypeBank
+
+    reference = Image.open(args.prototype_image).convert("RGB") if args.prototype_image else None
     pipe = load_pipeline(args.model, args.device, args.dtype)
+    if args.bank:
+        pipe.register_modules(prototype_bank=PrototypeBank.from_pretrained(args.bank))
+    if args.encoder:
+        pipe.prototype_encoder = load_encoder(args.encoder, args.device)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     out = pipe(
         prompt=args.prompt,
@@ -79,12 +88,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stream_guidance=args.stream_guidance,
         streams=tuple(args.streams.split(",")),
         prototype_ids=args.prototype_ids,
+        prototype_keywords=[k for k in args.prototype_keywords.split(",") if k.strip()] if args.prototype_keywords else None,
+        prototype_image=reference,
+        retrieve=args.retrieve,
+        append_attributes=args.append_attributes,
         num_images_per_prompt=args.num_images,
         generator=generator,
     )
-    for image, path, ids in zip(out.images, output_paths(args.out, len(out.images)), out.prototype_ids):
+    attributes = out.attributes[0]
+    print("attributes: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in attributes.items() if isinstance(v, list) and v))
+    for prototype in out.prototypes[0]:
+        print(f"prototype {prototype.id}: {'; '.join(prototype.reasons)}")
+    for image, path in zip(out.images, output_paths(args.out, len(out.images))):
         save_image_atomically(image, path)
-        print(f"{path}  ({image.width}x{image.height}, prototypes {ids or 'none'})")
+        print(f"{path}  ({image.width}x{image.height})")
     return 0
 
 
@@ -209,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True, help="a saved pipeline folder, a Hub repo id, or preset:tiny (random)")
     gen.add_argument("--prompt", required=True, help="the description of the tissue")
     gen.add_argument("--prototype-ids", type=_int_list, default=None, help="prototype bank ids, e.g. 1,2")
+    gen.add_argument("--prototype-keywords", default=None, help="bank keywords, e.g. necrosis,glands")
+    gen.add_argument("--prototype-image", default=None, help="a reference image: its nearest bank entries")
+    gen.add_argument("--retrieve", action=argparse.BooleanOptionalAction, default=None,
+                     help="retrieve prototypes from the prompt (default: when nothing explicit is chosen)")
+    gen.add_argument("--bank", default=None, help="use this prototype bank folder instead of the model's")
+    gen.add_argument("--encoder", default=None, help="the bank's retrieval encoder spec (default: offline default)")
+    gen.add_argument("--append-attributes", action="store_true", help="append the attribute bundle to the text stream")
     gen.add_argument("--streams", default="text,dst,prototype", help="condition streams to use (default: all)")
     gen.add_argument("--steps", type=_positive, default=30, help="denoising steps (default 30)")
     gen.add_argument("--guidance", type=float, default=3.0, help="joint guidance scale >= 0 (default 3.0)")

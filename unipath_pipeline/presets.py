@@ -38,7 +38,9 @@ def byte_level_qwen2_tokenizer(extra_special_tokens: Tuple[str, ...] = ("<|dst|>
 def _tiny(seed: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    hidden, feature_dim = 32, 24
+    # feature_dim 2048 = the offline default bank encoder (Inception pool3), so banks built with
+    # `unipath bank build` attach to the tiny preset.
+    hidden, feature_dim = 32, 2048
     tokenizer = byte_level_qwen2_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
