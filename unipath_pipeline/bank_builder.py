@@ -96,19 +96,29 @@ def extract_features(images_dir: str, rows: List[dict], work_dir: str, encoder, 
 
 
 def _load_kept(paths: List[str]) -> tuple[List[dict], Dict[str, torch.Tensor], Dict[str, int]]:
-    kept, tensors, counts = [], {}, {"tiles": 0, "unreadable": 0, "failed_quality": 0}
-    pieces: Dict[str, List[torch.Tensor]] = {}
-    for path in paths:
+    """Records and features of the tiles that passed QC (thumbnails stay on disk: see `_read_rows`)."""
+    kept, pieces, counts = [], {}, {"tiles": 0, "unreadable": 0, "failed_quality": 0}
+    for number, path in enumerate(paths):
         with safe_open(path, framework="pt") as f:
             records = json.loads(f.metadata()["unipath"])["records"]
             for key in f.keys():
-                pieces.setdefault(key, []).append(f.get_tensor(key))
+                if key != "thumbnails":
+                    pieces.setdefault(key, []).append(f.get_tensor(key))
         counts["tiles"] += len(records)
         counts["unreadable"] += sum(r["reason"] == "unreadable image" for r in records)
         counts["failed_quality"] += sum(not r["passed"] and r["reason"] != "unreadable image" for r in records)
-        kept += [r for r in records if r["passed"]]
-    tensors = {k: torch.cat(v) for k, v in pieces.items()}
-    return kept, tensors, counts
+        passed = [r for r in records if r["passed"]]
+        kept += [{**r, "shard": number, "row": row} for row, r in enumerate(passed)]
+    return kept, {k: torch.cat(v) for k, v in pieces.items()}, counts
+
+
+def _read_rows(paths: List[str], records: List[dict], key: str) -> torch.Tensor:
+    """`key` rows of the given records, read shard by shard (memory: the selected rows only)."""
+    rows = []
+    for record in records:
+        with safe_open(paths[record["shard"]], framework="pt") as f:
+            rows.append(f.get_slice(key)[record["row"] : record["row"] + 1])
+    return torch.cat(rows)
 
 
 def build_bank(
@@ -147,7 +157,8 @@ def build_bank(
         raise ValueError(f"`size` must be >= 1; got {config.size}.")
 
     work_dir = work_dir or os.path.normpath(out_dir) + ".work"
-    kept, tensors, counts = _load_kept(extract_features(images_dir, rows, work_dir, encoder, extractor, config))
+    shards = extract_features(images_dir, rows, work_dir, encoder, extractor, config)
+    kept, tensors, counts = _load_kept(shards)
     if not kept:
         raise DataError(f"No tile passed quality control (min_tissue={config.min_tissue}, min_blur={config.min_blur}); see {work_dir}.")
     hashes = [int(h) & ((1 << 64) - 1) for h in tensors["phash"].tolist()]
@@ -172,7 +183,7 @@ def build_bank(
     prototype_features = tensors.get("prototype_features", tensors["image_features"])
     bank = PrototypeBank(
         entries, prototype_features[index], encoder.encode_text(captions), tensors["image_features"][index],
-        tensors["thumbnails"][index], vocabulary, encoder.name, extractor.name if extractor is not encoder else encoder.name,
+        _read_rows(shards, [kept[i] for i in selected], "thumbnails"), vocabulary, encoder.name, extractor.name if extractor is not encoder else encoder.name,
     )
     staging = os.path.normpath(out_dir) + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)

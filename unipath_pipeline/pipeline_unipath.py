@@ -298,7 +298,7 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
                 raise ValueError(f"`prototype_ids` allows at most {slots} ids per prompt; got {len(sample_ids)}.")
             unknown = [k for k in sample_keywords if k.strip().lower() not in bank.keyword_index]
             if unknown:
-                raise ValueError(f"`prototype_keywords` {unknown} are not in the bank's vocabulary (e.g. {bank.vocabulary[:5]}).")
+                raise ValueError(f"`prototype_keywords` {unknown} are not keywords of any bank entry (e.g. {sorted(bank.keyword_index)[:5]}).")
         if any(im is not None for im in images) and bank.image_features is None:
             raise ValueError("`prototype_image` needs a bank with image retrieval features; build one with `unipath bank build`.")
         if bank.feature_dim != self.prototype_adapter.config.feature_dim:

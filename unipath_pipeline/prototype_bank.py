@@ -235,7 +235,7 @@ class PrototypeBank:
         for keyword in keywords:
             key = keyword.strip().lower()
             if key not in self.keyword_index:
-                raise ValueError(f"`keywords` has {keyword!r}, which is not in the bank's vocabulary of {len(self.vocabulary)} keywords.")
+                raise ValueError(f"`keywords` has {keyword!r}, which no bank entry carries (e.g. {sorted(self.keyword_index)[:5]}).")
             candidates = [i for i in self.keyword_index[key] if i not in excluded]
             order = torch.randperm(len(candidates), generator=generator).tolist()[:per_keyword]
             add(RetrievedPrototype(candidates[j], [f"requested keyword '{key}'"]) for j in order)
