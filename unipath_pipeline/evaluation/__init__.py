@@ -1,0 +1,1 @@
+"""The four-tier evaluation suite: pixel fidelity, semantic consistency, diagnostic utility, controllability."""
