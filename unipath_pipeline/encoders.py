@@ -102,13 +102,17 @@ class InceptionEncoder:
         self.device, self.batch_size = device, batch_size
 
     @torch.no_grad()
-    def encode_image(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+    def pool3(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+        """Raw (unnormalised) `[n, 2048]` pool3 features, as FID uses them."""
         out = []
         for chunk in _batches(list(images), self.batch_size):
             arrays = [np.asarray(im.convert("RGB").resize((299, 299), PIL.Image.BICUBIC), dtype=np.float32) for im in chunk]
             x = (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) - 128.0) / 128.0
-            out.append(F.normalize(self.model(x.to(self.device)).float(), dim=-1).cpu())
+            out.append(self.model(x.to(self.device)).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, 2048)
+
+    def encode_image(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+        return F.normalize(self.pool3(images), dim=-1)
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         raise EncoderUnavailable(f"{self.name} encodes images only; use a text encoder (e.g. SentenceEncoder).")
