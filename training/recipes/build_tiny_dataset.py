@@ -11,8 +11,10 @@ tiling at native resolution (and at half resolution for the large skin slide), t
 structures, stain, magnification) plus per-tile descriptors measured from the pixels (nuclear density, stroma
 fraction), with paraphrase variants drawn from the pathology lexicon's synonyms. The split is by region: one side
 band of every source image (the side that holds about `--holdout` of its tissue tiles) is held out, with a
-tile-wide gap, so no held-out tile overlaps a training tile. Writes `train/` and `heldout/` image folders with `metadata.jsonl`
-(file_name, text, source, region, caption_variants) and `sources.json` (provenance and licences).
+tile-wide gap, so no held-out tile overlaps a training tile. Writes `train/` and `heldout/` image folders with
+`metadata.jsonl` (one row per caption variant: file_name, text, label = source, region, variant), `tiles.jsonl`
+(one row per tile), `heldout/prompts.jsonl` (the held-out captions, for `unipath evaluate`) and `sources.json`
+(provenance, licences, counts).
 """
 
 from __future__ import annotations
@@ -187,10 +189,16 @@ def main(argv=None) -> int:
                 extra = tile_descriptors(tile)
                 variants = [caption(source, extra, lexicon, rng, variant=v > 0) for v in range(args.variants)]
                 rows[split].append({"file_name": name, "text": variants[0], "caption_variants": variants,
-                                    "source": source.name, "region": split, "scale": scale})
+                                    "label": source.name, "region": split, "scale": scale})
     for split, split_rows in rows.items():
-        with open(os.path.join(args.out, split, "metadata.jsonl"), "w", encoding="utf-8") as f:
+        folder = os.path.join(args.out, split)
+        with open(os.path.join(folder, "tiles.jsonl"), "w", encoding="utf-8") as f:  # one row per tile (bank building)
             f.write("".join(json.dumps(r) + "\n" for r in split_rows))
+        with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:  # one row per caption variant
+            f.write("".join(json.dumps({**r, "text": v, "variant": i}) + "\n" for r in split_rows for i, v in enumerate(r["caption_variants"])))
+    prompts = {r["text"]: r["label"] for r in rows["heldout"]}  # the evaluation prompts: held-out captions
+    with open(os.path.join(args.out, "heldout", "prompts.jsonl"), "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"prompt": p, "label": label}) + "\n" for p, label in sorted(prompts.items())))
     with open(os.path.join(args.out, "sources.json"), "w", encoding="utf-8") as f:
         json.dump({"sources": [{"name": s.name, "package": s.package, "file": s.relative_path, "licence": s.licence,
                                 "organ": s.organ, "magnification": s.magnification} for s in SOURCES],
