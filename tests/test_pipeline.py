@@ -198,6 +198,7 @@ BAD_INPUTS = [
     ({"output_type": "jpeg"}, "output_type"),
     ({"latents": torch.zeros(1, 4, 8, 8)}, "latents"),
     ({"callback_on_step_end_tensor_inputs": ["noise"]}, "callback_on_step_end_tensor_inputs"),
+    ({"generator": [torch.Generator(), torch.Generator()]}, "generator"),
 ]
 
 

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import PROMPT
 from PIL import Image, ImageFilter
 
 from unipath_pipeline import PrototypeAdapter, PrototypeBank, PrototypeEntry, UniPathPipeline

@@ -202,6 +202,7 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         conditioning: Optional[UniPathConditioning],
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str],
+        generator=None,
     ) -> None:
         """Raises `ValueError` naming the offending argument and its accepted range."""
         m = self.spatial_multiple
@@ -261,6 +262,8 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
                     f"`conditioning` tokens are {conditioning.embeds.shape[-1]}-d; the transformer expects {cond_width}."
                 )
 
+        if isinstance(generator, list) and len(generator) != batch * num_images_per_prompt:
+            raise ValueError(f"`generator` is a list of {len(generator)} generators but {batch * num_images_per_prompt} images are made.")
         if latents is not None:
             expected = (batch * num_images_per_prompt, self.transformer.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
             if tuple(latents.shape) != expected:
@@ -442,8 +445,6 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         if latents is not None:
             return latents.to(device=device, dtype=dtype)
         shape = (batch_size, self.transformer.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"`generator` is a list of {len(generator)} generators but {batch_size} images are made.")
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
     @property
@@ -525,7 +526,7 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         self.check_inputs(
             prompt, height, width, num_inference_steps, guidance_scale, stream_guidance, streams, prototype_ids,
             prototype_keywords, prototype_image, retrieve, num_images_per_prompt, latents, conditioning, output_type,
-            callback_on_step_end_tensor_inputs,
+            callback_on_step_end_tensor_inputs, generator,
         )
         self._interrupt = False
         device, dtype = self._execution_device, self.transformer.dtype

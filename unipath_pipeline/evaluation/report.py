@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 import logging
 import math
 import os
