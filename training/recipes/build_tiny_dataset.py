@@ -12,9 +12,10 @@ structures, stain, magnification) plus per-tile descriptors measured from the pi
 fraction), with paraphrase variants drawn from the pathology lexicon's synonyms. The split is by region: one side
 band of every source image (the side that holds about `--holdout` of its tissue tiles) is held out, with a
 tile-wide gap, so no held-out tile overlaps a training tile. Writes `train/` and `heldout/` image folders with
-`metadata.jsonl` (one row per caption variant: file_name, text, label = source, region, variant), `tiles.jsonl`
-(one row per tile), `heldout/prompts.jsonl` (the held-out captions, for `unipath evaluate`) and `sources.json`
-(provenance, licences, counts).
+`metadata.jsonl` (training: one row per caption variant; held-out: one row per tile; file_name, text, label =
+source, region), `tiles.jsonl` (one row per tile), `heldout/prompts.jsonl` (the held-out captions, for `unipath evaluate`), `train_sample/` (as
+many training tiles as held-out ones: the real-against-real reference) and `sources.json` (provenance, licences,
+counts).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
@@ -157,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", type=int, default=3, help="paraphrased captions per tile")
     parser.add_argument("--min-tissue", type=float, default=0.6)
     parser.add_argument("--min-blur", type=float, default=8.0, help="40x tiles with large nuclei score ~14")
+    parser.add_argument("--eval-tiles", type=int, default=4, help="held-out tiles per source whose captions are evaluation prompts")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     lexicon, rng = Lexicon.default(), random.Random(args.seed)
@@ -194,11 +197,27 @@ def main(argv=None) -> int:
         folder = os.path.join(args.out, split)
         with open(os.path.join(folder, "tiles.jsonl"), "w", encoding="utf-8") as f:  # one row per tile (bank building)
             f.write("".join(json.dumps(r) + "\n" for r in split_rows))
-        with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:  # one row per caption variant
-            f.write("".join(json.dumps({**r, "text": v, "variant": i}) + "\n" for r in split_rows for i, v in enumerate(r["caption_variants"])))
-    prompts = {r["text"]: r["label"] for r in rows["heldout"]}  # the evaluation prompts: held-out captions
+        with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
+            if split == "train":  # one row per caption variant: paraphrases are training data
+                f.write("".join(json.dumps({**r, "text": v, "variant": i}) + "\n" for r in split_rows for i, v in enumerate(r["caption_variants"])))
+            else:  # one row per tile: the real reference set of the evaluation
+                f.write("".join(json.dumps(r) + "\n" for r in split_rows))
+    # Evaluation prompts: every caption variant of up to `--eval-tiles` held-out tiles per source; the variants of one
+    # tile form a paraphrase group (tier 4), the source is the label (tiers 3 and 4).
+    prompts = []
+    for label in sorted({r["label"] for r in rows["heldout"]}):
+        tiles = [r for r in rows["heldout"] if r["label"] == label]
+        for r in random.Random(args.seed).sample(tiles, min(args.eval_tiles, len(tiles))):
+            prompts += [{"prompt": v, "label": label, "group": r["file_name"]} for v in dict.fromkeys(r["caption_variants"])]
     with open(os.path.join(args.out, "heldout", "prompts.jsonl"), "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps({"prompt": p, "label": label}) + "\n" for p, label in sorted(prompts.items())))
+        f.write("".join(json.dumps(p) + "\n" for p in prompts))
+    # A sample of training tiles (other regions than the held-out ones): the "real against real" reference.
+    sample = random.Random(args.seed).sample(rows["train"], min(len(rows["heldout"]), len(rows["train"])))
+    os.makedirs(os.path.join(args.out, "train_sample"), exist_ok=True)
+    for r in sample:
+        shutil.copy(os.path.join(args.out, "train", r["file_name"]), os.path.join(args.out, "train_sample", r["file_name"]))
+    with open(os.path.join(args.out, "train_sample", "metadata.jsonl"), "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in sample))
     with open(os.path.join(args.out, "sources.json"), "w", encoding="utf-8") as f:
         json.dump({"sources": [{"name": s.name, "package": s.package, "file": s.relative_path, "licence": s.licence,
                                 "organ": s.organ, "magnification": s.magnification} for s in SOURCES],

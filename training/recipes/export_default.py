@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     if size > args.max_mb:
         shutil.rmtree(staging)
         raise SystemExit(f"The exported weights take {size:.1f} MB, over --max-mb {args.max_mb}.")
-    keep = [f for f in ("__init__.py",) if os.path.isfile(os.path.join(args.out, f))]
+    keep = [f for f in ("__init__.py", "README.md") if os.path.isfile(os.path.join(args.out, f))]
     for name in os.listdir(args.out) if os.path.isdir(args.out) else []:
         if name not in keep:
             path = os.path.join(args.out, name)

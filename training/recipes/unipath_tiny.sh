@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 WORK="${1:-runs/unipath-tiny}"
 PY="${PYTHON:-.venv/bin/python}"
 VAE_STEPS="${VAE_STEPS:-2000}"
-STEPS="${STEPS:-3000}"
+STEPS="${STEPS:-1500}"
 BATCH="${BATCH:-16}"
 mkdir -p "$WORK"
 
@@ -26,10 +26,14 @@ mkdir -p "$WORK"
     --bank_id_column bank_id --resolution 128 --output_dir "$WORK/cache"
 "$PY" training/train_unipath.py --pretrained_model_name_or_path "$WORK/init" --cache_dir "$WORK/cache" \
     --resolution 128 --train_batch_size "$BATCH" --max_train_steps "$STEPS" --learning_rate 3e-4 \
-    --lr_scheduler constant_with_warmup --lr_warmup_steps 100 --use_ema --ema_decay 0.999 \
-    --checkpointing_steps 500 --checkpoints_total_limit 2 --resume_from_checkpoint latest \
+    --lr_scheduler constant_with_warmup --lr_warmup_steps 100 --use_ema --ema_decay 0.995 \
+    --checkpointing_steps 250 --checkpoints_total_limit 2 --resume_from_checkpoint latest \
     --validation_prompts "H&E skin, epidermis, dermis, 20x" "H&E breast, carcinoma, pleomorphic nuclei, 40x" \
     --validation_steps 1000 --output_dir "$WORK/model"
 "$PY" training/recipes/export_default.py --model "$WORK/model"
-"$PY" -m unipath_pipeline.cli evaluate --real "$WORK/data/heldout" --model default --prompts "$WORK/data/heldout/prompts.jsonl" \
-    --out "$WORK/eval" --steps 30
+
+# Evaluation against the held-out tiles: the default, the same architecture untrained, and real against real.
+EVAL=(--real "$WORK/data/heldout" --prompts "$WORK/data/heldout/prompts.jsonl" --images-per-prompt 2 --steps 30 --cache-dir "$WORK/evalcache")
+"$PY" -m unipath_pipeline.cli evaluate "${EVAL[@]}" --model default --bank unipath_pipeline/default_model/prototype_bank --out "$WORK/eval-default"
+"$PY" -m unipath_pipeline.cli evaluate "${EVAL[@]}" --model "$WORK/init" --out "$WORK/eval-untrained"
+"$PY" -m unipath_pipeline.cli evaluate --real "$WORK/data/heldout" --generated "$WORK/data/train_sample" --cache-dir "$WORK/evalcache" --out "$WORK/eval-real"
