@@ -115,6 +115,23 @@ def test_retrieval_reasons_and_paraphrases(built_bank):
         bank.retrieve(keywords=["unicorn"])
 
 
+def test_retrieval_encodes_each_prompt_once(built_bank):
+    bank, _ = built_bank
+    encoder, calls = default_encoder(), []
+
+    class Counting:
+        name, joint_space = encoder.name, encoder.joint_space
+
+        def encode_text(self, texts):
+            calls.append(list(texts))
+            return encoder.encode_text(texts)
+
+    for _ in range(3):
+        first = bank.retrieve("lymph node with lymphocytic infiltrate", encoder=Counting(), generator=torch.Generator().manual_seed(0))
+    assert calls == [["lymph node with lymphocytic infiltrate"]]
+    assert [p.id for p in first] == [p.id for p in bank.retrieve("lymph node with lymphocytic infiltrate", generator=torch.Generator().manual_seed(0))]
+
+
 def test_retrieval_refuses_a_mismatched_encoder(built_bank):
     bank, _ = built_bank
 

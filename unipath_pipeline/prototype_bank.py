@@ -23,6 +23,7 @@ from .io_utils import atomic_save_safetensors, atomic_write_json
 BANK_FILE = "bank.json"
 FEATURES_FILE = "features.safetensors"
 FORMAT_VERSION = 1
+QUERY_CACHE_SIZE = 8192
 
 
 def keyword_pattern(keywords: Iterable[str]) -> Optional[re.Pattern]:
@@ -244,12 +245,23 @@ class PrototypeBank:
             add(self._nearest(query, self._features("image"), image_top_k, "reference image"))
         if prompt:
             if self.text_features is not None:
-                query = self._encoder(encoder, "text").encode_text([prompt])[0]
+                query = self._text_query(self._encoder(encoder, "text"), prompt)
                 add(self._nearest(query, self.text_features, text_top_k, "text->text"))
                 if self.image_features is not None and self._encoder(encoder, "text").joint_space:
                     add(self._nearest(query, self.image_features, image_top_k, "text->image"))
             add(self.retrieve_by_keywords(prompt, max_keywords, per_keyword, excluded, generator))
         return list(chosen.values())[:limit]
+
+    def _text_query(self, encoder, prompt: str) -> torch.Tensor:
+        """The prompt's text features, remembered for the last `QUERY_CACHE_SIZE` prompts (training repeats captions
+        every epoch; retrieval then costs no encoder forward after the first)."""
+        cache = self.__dict__.setdefault("_query_cache", {})
+        key = (encoder.name, prompt)
+        if key not in cache:
+            if len(cache) >= QUERY_CACHE_SIZE:
+                cache.pop(next(iter(cache)))
+            cache[key] = encoder.encode_text([prompt])[0]
+        return cache[key]
 
     def _features(self, kind: str) -> torch.Tensor:
         features = self.image_features if kind == "image" else self.text_features
