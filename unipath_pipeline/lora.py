@@ -9,7 +9,7 @@ exactly; no peft is needed at inference.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -86,6 +86,6 @@ class UniPathLoraLoaderMixin:
         self._lora_originals = None
 
     @property
-    def lora_loaded(self) -> Optional[bool]:
+    def lora_loaded(self) -> bool:
         """Whether a LoRA is merged into the transformer."""
         return bool(getattr(self, "_lora_originals", None))
