@@ -97,7 +97,7 @@ def _small(seed: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
             prototype_bank=None,
             transformer=PixArtTransformer2DModel(
                 num_attention_heads=4, attention_head_dim=64, in_channels=4, out_channels=4, num_layers=6,
-                cross_attention_dim=256, sample_size=32, patch_size=4, caption_channels=hidden,
+                cross_attention_dim=256, sample_size=32, patch_size=2, caption_channels=hidden,
                 use_additional_conditions=False,
             ),
             vae=AutoencoderKL(
