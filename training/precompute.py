@@ -23,7 +23,7 @@ from typing import List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from unipath_pipeline.cli import load_pipeline
+from unipath_pipeline.model_sources import load_pipeline
 from unipath_pipeline.data import DataError, ImageCaptionCollator, add_data_arguments, open_from_args
 from unipath_pipeline.training_cache import shard_name, write_index, write_shard
 from unipath_pipeline.training_utils import pad_prototype_features, step_generator

@@ -32,7 +32,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from unipath_pipeline import UniPathPipeline
-from unipath_pipeline.cli import load_pipeline
+from unipath_pipeline.model_sources import load_pipeline
 from unipath_pipeline.conditioning import STREAMS
 from unipath_pipeline.data import DataError, ImageCaptionCollator, StepBatchSampler, add_data_arguments, open_from_args
 from unipath_pipeline.dst_encoder import DSTTokens

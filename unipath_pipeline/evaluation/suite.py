@@ -287,7 +287,7 @@ def generate_set(model: str, prompts_file: str, out_folder: str, images_per_prom
     `out_folder` with a `metadata.jsonl` that records prompt, label, group and the prototypes used."""
     import torch
 
-    from ..cli import load_pipeline
+    from ..model_sources import load_pipeline
 
     with open(prompts_file, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
