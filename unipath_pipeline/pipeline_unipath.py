@@ -447,6 +447,14 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
         shape = (batch_size, self.transformer.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, output_type: str = "pil"):
+        """Latents in the transformer's space (`output_type="latent"`) -> images ('pil', 'np' or 'pt' in 0..1), with
+        this pipeline's VAE and latent convention."""
+        vae_latents = denormalize_latents(self.vae, latents.to(self.vae.device, self.vae.dtype), self.config.latent_convention)
+        decoded = self.vae.decode(vae_latents, return_dict=False)[0]
+        return self.image_processor.postprocess(decoded, output_type=output_type)
+
     @property
     def interrupt(self) -> bool:
         """Set `pipe._interrupt = True` (e.g. from a callback) to stop the denoising loop early."""
@@ -578,12 +586,7 @@ class UniPathPipeline(DiffusionPipeline, UniPathLoraLoaderMixin):
                 progress_bar.update()
 
         # 6. Decode.
-        if output_type == "latent":
-            images = latents
-        else:
-            vae_latents = denormalize_latents(self.vae, latents.to(self.vae.dtype), self.config.latent_convention)
-            decoded = self.vae.decode(vae_latents, return_dict=False)[0]
-            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
 
         self.maybe_free_model_hooks()
         if not return_dict:
