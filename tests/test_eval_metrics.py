@@ -15,6 +15,7 @@ from unipath_pipeline.evaluation.metrics import (
     memorisation,
     nearest_neighbours,
     paraphrase_agreement,
+    paraphrase_separation,
     precision_recall,
     prototype_adherence,
 )
@@ -368,6 +369,24 @@ def test_paraphrase_agreement():
     assert paraphrase_agreement(groups) == pytest.approx(-0.5)
     with pytest.raises(ValueError):
         paraphrase_agreement({"c": [np.ones((3, 2))]})
+
+
+def test_paraphrase_separation_is_zero_for_a_prompt_blind_model_and_positive_for_one_that_follows():
+    rng = np.random.default_rng(7)
+    d, concepts = 64, ["skin", "carcinoma", "nevus"]
+    shared = rng.normal(size=d) * 10  # what every image has in common: makes raw agreement high regardless
+    blind = {c: [shared + rng.normal(size=(8, d)) for _ in range(3)] for c in concepts}
+    following = {c: [shared + 3 * direction + rng.normal(size=(8, d)) for _ in range(3)]
+                 for c, direction in zip(concepts, rng.normal(size=(3, d)))}
+    assert paraphrase_agreement(blind) > 0.9 and paraphrase_agreement(following) > 0.9  # raw agreement cannot tell
+    assert abs(paraphrase_separation(blind)["margin"]) < 0.3
+    separation = paraphrase_separation(following)
+    assert separation["margin"] > 0.8 and separation["within"] > separation["across"]
+    # Hand-checkable: two concepts, two paraphrases each, centred means (1, 0), (1, 0), (-1, 0), (-1, 0).
+    exact = paraphrase_separation({"a": [np.array([2.0, 0.0])] * 2, "b": [np.array([0.0, 0.0])] * 2})
+    assert exact == pytest.approx({"within": 1.0, "across": -1.0, "margin": 2.0})
+    with pytest.raises(ValueError, match="2 concepts"):
+        paraphrase_separation({"a": [np.ones(2), np.ones(2)]})
 
 
 def test_prototype_adherence():

@@ -80,7 +80,10 @@ def test_all_four_tiers_report_with_labels_prompts_and_paraphrases(tmp_path):
     assert utility["train real, test real (reference)"] >= 0.75 and utility["train generated, test real"] >= 0.75
     control = tiers["4. Fine-grained controllability"]["inception"]
     assert 75 < control["controllability (% of real)"] <= 134
-    assert tiers["4. Fine-grained controllability"]["paraphrase robustness"]["inception"]["groups"] == 2
+    paraphrase = tiers["4. Fine-grained controllability"]["paraphrase robustness"]["inception"]
+    assert paraphrase["groups"] == 2
+    assert paraphrase["paraphrase margin"] == pytest.approx(
+        paraphrase["centred agreement within concepts"] - paraphrase["centred agreement across concepts"])
     alignment = tiers["2. Semantic consistency"]
     assert any("held-out real" in k for k in alignment) and any("generated" in k for k in alignment)
     assert tiers["1. Pixel fidelity"]["memorisation"]["against"] == "real set"

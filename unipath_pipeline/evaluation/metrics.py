@@ -8,7 +8,7 @@ torch for :func:`linear_probe` and safetensors I/O of :class:`FeatureStats`).
   statistics), :func:`frechet_distance`, :func:`fid_from_features`, :func:`kid`;
 * manifold coverage: :func:`precision_recall` (improved precision / recall);
 * nearest neighbours and memorisation: :func:`nearest_neighbours`, :func:`memorisation`;
-* semantic consistency: :func:`linear_probe`, :func:`paraphrase_agreement`,
+* semantic consistency: :func:`linear_probe`, :func:`paraphrase_agreement`, :func:`paraphrase_separation`,
   :func:`prototype_adherence`.
 
 Memory stays bounded for large sets (10,000+ images): nothing builds an ``N x N`` matrix. Pairwise
@@ -39,6 +39,7 @@ __all__ = [
     "memorisation",
     "nearest_neighbours",
     "paraphrase_agreement",
+    "paraphrase_separation",
     "precision_recall",
     "prototype_adherence",
 ]
@@ -595,6 +596,37 @@ def paraphrase_agreement(groups: Dict[str, List[np.ndarray]]) -> float:
         p = unit.shape[0]
         scores.append(float((sims.sum() - np.trace(sims)) / (p * (p - 1))))
     return float(np.mean(scores))
+
+
+def paraphrase_separation(groups: Dict[str, List[np.ndarray]]) -> dict:
+    """Whether paraphrases of one concept agree *more than images of different concepts do*.
+
+    Raw agreement (`paraphrase_agreement`) is high even for a model that ignores its prompt: all its images look
+    alike. Here the per-paraphrase mean features are first centred on their grand mean, then compared by cosine:
+    `within` averages the pairs inside each concept, `across` the pairs from different concepts, and
+    `margin = within - across` is ~0 for a prompt-blind model and grows as paraphrases land on the same images
+    while other concepts land elsewhere. Needs >= 2 concepts with >= 2 paraphrases each.
+    """
+    if len(groups) < 2:
+        raise ValueError("paraphrase_separation needs at least 2 concepts")
+    means, owner = [], []
+    for concept, arrays in groups.items():
+        if len(arrays) < 2:
+            raise ValueError(f"concept {concept!r} has {len(arrays)} paraphrase(s); need at least 2")
+        for j, arr in enumerate(arrays):
+            means.append(_as_features(arr, f"{concept!r}[{j}]").mean(axis=0))
+            owner.append(concept)
+    if len({m.shape[0] for m in means}) != 1:
+        raise ValueError("paraphrase_separation: all features must have the same dimension")
+    stacked = np.stack(means)
+    unit = _unit_rows(stacked - stacked.mean(axis=0, keepdims=True))
+    sims = unit @ unit.T
+    owner_arr = np.array(owner)
+    same = owner_arr[:, None] == owner_arr[None, :]
+    off_diagonal = ~np.eye(len(owner), dtype=bool)
+    within = float(sims[same & off_diagonal].mean())
+    across = float(sims[~same].mean())
+    return {"within": within, "across": across, "margin": within - across}
 
 
 def prototype_adherence(

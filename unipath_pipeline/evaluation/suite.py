@@ -201,8 +201,13 @@ def paraphrase_robustness(generated_set: ImageSet, generated: Dict[str, np.ndarr
         return {"skipped": "no metadata group with >= 2 paraphrased prompts"}
     out = {}
     for name, features in generated.items():
-        within = metrics.paraphrase_agreement({g: [features[ix] for ix in p.values()] for g, p in usable.items()})
-        out[name] = {"paraphrase agreement": within, "groups": len(usable)}
+        grouped = {g: [features[ix] for ix in p.values()] for g, p in usable.items()}
+        out[name] = {"paraphrase agreement": metrics.paraphrase_agreement(grouped), "groups": len(usable)}
+        if len(grouped) >= 2:
+            separation = metrics.paraphrase_separation(grouped)
+            out[name].update({"centred agreement within concepts": separation["within"],
+                              "centred agreement across concepts": separation["across"],
+                              "paraphrase margin": separation["margin"]})
     return out
 
 
