@@ -1,6 +1,8 @@
 """The evaluation suite end to end on small image folders (the metric formulas are tested in test_eval_metrics.py)."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from unipath_pipeline.data import DataError
 from unipath_pipeline.evaluation.images import ImageSet
 from unipath_pipeline.evaluation.suite import EvaluationConfig, evaluate
 
+REPO = Path(__file__).resolve().parents[1]
 LABELS = {"glandular": (230, 150, 200), "lymphoid": (170, 110, 200)}
 
 
@@ -23,6 +26,14 @@ def tile(seed: int, label: str, size: int = 64) -> Image.Image:
         y, x = rng.integers(0, size, 2)
         pixels[(yy - y) ** 2 + (xx - x) ** 2 <= 9] = [80, 40, 140]
     return Image.fromarray(np.clip(pixels + rng.normal(0, 10, pixels.shape), 0, 255).astype("uint8"))
+
+
+def load_script(relative_path: str):
+    """A script of the repository (not a package module) imported by path."""
+    spec = importlib.util.spec_from_file_location(Path(relative_path).stem, REPO / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def image_folder(root, seeds, prompts=True, group=False, size=64):
@@ -90,6 +101,18 @@ def test_all_four_tiers_report_with_labels_prompts_and_paraphrases(tmp_path):
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Fine-grained controllability" in html and "<img" in html
     assert list((tmp_path / "report" / "grids").glob("*.png"))
+    # the recipe's side-by-side table reads the written report.json and goes into a card's Evaluation section
+    compare = load_script("training/recipes/compare_reports.py")
+    card = tmp_path / "card.md"
+    card.write_text("# model\n\n## Evaluation\n\nold table\n\n## Licences\n\nApache-2.0\n")
+    report_path = str(tmp_path / "report" / "report.json")
+    assert compare.main(["--report", f"this={report_path}", "--report", f"again={report_path}", "--card", str(card)]) == 0
+    text = card.read_text()
+    assert "old table" not in text and text.endswith("## Licences\n\nApache-2.0\n")
+    fid = f"{tiers['1. Pixel fidelity']['inception']['fid']:.1f}"
+    assert f"| FID (inception) \u2193 | {fid} | {fid} |" in text
+    assert f"| paraphrase margin (inception) \u2191 | {paraphrase['paraphrase margin']:.3f} |" in text
+    assert f"{control['controllability (% of real)']:.1f}%" in text
 
 
 def test_reference_features_are_cached_by_content(tmp_path):
