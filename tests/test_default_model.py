@@ -42,3 +42,27 @@ def test_the_default_follows_the_prompt():
 
     skin, carcinoma = image("H&E skin, epidermis, dermis, 20x"), image("H&E breast, carcinoma, pleomorphic nuclei, 40x")
     assert np.abs(skin - carcinoma).mean() > 0.02
+
+
+@needs_weights
+def test_a_hub_card_renders_for_the_bundled_default(tmp_path):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "README.md"
+    assert main(["card", "--model", "default", "--out", str(out)]) == 0
+    card = out.read_text()
+    assert ModelCard(card).data.license == "apache-2.0"
+    assert "from_default()" in card and "all-MiniLM-L6-v2" in card and "not for diagnosis" in card
+
+
+@needs_weights
+def test_the_shipped_configs_hold_no_paths_of_the_machine_that_trained_them():
+    import json
+    import os
+
+    from unipath_pipeline.default_model import DEFAULT_MODEL_DIR
+
+    for directory, _, files in os.walk(DEFAULT_MODEL_DIR):
+        for name in (f for f in files if f.endswith(".json")):
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                assert "_name_or_path" not in json.load(f), os.path.join(directory, name)

@@ -85,8 +85,9 @@ LICENCES: Dict[str, Licence] = {
 }
 _RESTRICTIVENESS = ("cc-by-nc-nd-4.0", "other", "mit", "apache-2.0")
 #: Shown in the table but not binding on the repo's overall licence (an architecture; the data the default was made
-#: from, whose licences its own card lists and whose publisher released the result as Apache-2.0).
-_INFORMATIONAL = {"qwen2.5-vl", "default-data"}
+#: from, whose licences its own card lists and whose publisher released the result as Apache-2.0; the Inception
+#: network that computed bank features, which is not itself in the repo).
+_INFORMATIONAL = {"qwen2.5-vl", "default-data", "inception"}
 
 
 # --------------------------------------------------------------------------------------------------------------------

