@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from unipath_pipeline import UniPathPipeline
-from unipath_pipeline.cli import human_bytes
+from unipath_pipeline.io_utils import human_bytes
 from unipath_pipeline.lora import DEFAULT_TARGET_MODULES
 
 GIB = 1024**3

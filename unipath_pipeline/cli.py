@@ -90,17 +90,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def human_bytes(nbytes: float) -> str:
-    """`1536` -> `'1.5 KiB'`."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1024
-
-
 def describe_pipeline(pipe) -> str:
     """A human-readable table of components, parameters, bf16 memory and streams."""
     import torch
+
+    from .io_utils import human_bytes
 
     lines = [f"{'component':<18} {'class':<38} {'parameters':>14} {'bf16 memory':>12}"]
     total = 0
@@ -236,7 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoint_io import DEFAULT_MAX_SHARD_SIZE
-    from .model_card import human_bytes
+    from .io_utils import human_bytes
 
     only = {"official": ("vae", "no_vae", "tokenizer", "trigger_token", "shift", "attention_heads", "max_text_length",
                          "max_prototypes"),

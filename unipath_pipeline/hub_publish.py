@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from .convert_official import PROVENANCE_FILE
+from .io_utils import human_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ class UploadPlan:
 
     def describe(self) -> str:
         """A human-readable plan (printed by `unipath push --dry-run`)."""
-        from .model_card import human_bytes
-
         lines = [
             f"repo: {self.repo_id} ({self.repo_type}{', private' if self.private else ''}"
             f"{f', gated={self.gated}' if self.gated else ''}{f', revision {self.revision}' if self.revision else ''})",

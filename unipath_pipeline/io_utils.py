@@ -15,6 +15,14 @@ from safetensors.torch import save_file
 _METADATA_KEY = "unipath"
 
 
+def human_bytes(nbytes: float) -> str:
+    """`1536` -> `'1.5 KiB'`."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+
+
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yields a temporary path next to `path`; renames it onto `path` only if the block finishes."""

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .checkpoint_io import safetensors_files, scan_safetensors
 from .convert_official import PROVENANCE_FILE, SD35_SCALING
+from .io_utils import human_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -131,16 +132,6 @@ def human_count(n: int) -> str:
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return str(n)
-
-
-def human_bytes(n: int) -> str:
-    """`1536` -> `'1.5 KiB'`."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 def _stored(folder: str) -> str:
